@@ -1,0 +1,224 @@
+"""One typed, validated configuration, loaded once and passed down.
+
+Sources, later wins:
+1. ``conf/local.yaml`` (the embedded default profile);
+2. the YAML file named by ``TAXI_CONF`` (merged key by key);
+3. ``TAXI__SECTION__KEY=value`` env vars (value parsed as YAML), e.g. ``TAXI__SPARK__MASTER=spark://h:7077``;
+4. the shortcuts ``TAXI_LAKEHOUSE`` and ``MLFLOW_TRACKING_URI``.
+
+No other module reads the environment for settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF = PROJECT_ROOT / "conf" / "local.yaml"
+ENV_PREFIX = "TAXI__"
+SERVICES = ("green", "yellow")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    sample_dir: Path
+    zone_lookup: Path
+    zone_centroids: Path
+    source_url_template: str
+    allowed_roots: list[Path]
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    app_name: str = "taxi"
+    packages: list[str] = Field(default_factory=list)
+    jar_cache: Path
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, v: str) -> str:
+        if not (v.startswith(("local", "spark://", "k8s://", "mesos://")) or v == "yarn"):
+            raise ValueError(f"unsupported Spark master {v!r}: use local[*], spark://, yarn or k8s://")
+        return v
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, v: dict[str, Any]) -> dict[str, str]:
+        return {k: str(val).lower() if isinstance(val, bool) else str(val) for k, val in (v or {}).items()}
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None
+    experiment_prefix: str = "taxi"
+    registered_model_prefix: str = "taxi-duration"
+
+
+class IngestConfig(_Section):
+    min_share_in_month: float = Field(0.5, ge=0, le=1)
+    download_timeout_s: int = Field(300, gt=0)
+
+
+class ValidationConfig(_Section):
+    max_failed_share: float = Field(0.10, ge=0, le=1)
+    min_rows_vs_previous: float = Field(0.5, ge=0)
+    max_rows_vs_previous: float = Field(2.0, gt=0)
+    max_duration_hours: float = Field(24, gt=0)
+    max_trip_distance_miles: float = Field(100, gt=0)
+    max_passenger_count: int = Field(9, gt=0)
+    max_fare_amount: float = 1000
+    min_fare_amount: float = -1000
+
+
+class FeaturesConfig(_Section):
+    history_months: int = Field(3, ge=1)
+    min_history_trips: int = Field(5, ge=1)
+    target_min_minutes: float = Field(1, ge=0)
+    target_max_minutes: float = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeaturesConfig:
+        if self.target_min_minutes >= self.target_max_minutes:
+            raise ValueError("features.target_min_minutes must be below target_max_minutes")
+        return self
+
+
+class TrainConfig(_Section):
+    months: int = Field(12, ge=1)
+    margin: float = Field(0.0, ge=0)
+    num_workers: int | None = Field(None, ge=1)
+    refit: bool = False
+    warm_start: bool = True
+    seed: int = 42
+    xgboost: dict[str, Any] = Field(default_factory=dict)
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScoreConfig(_Section):
+    model_alias: str = "champion"
+    batch_size: int = Field(50000, gt=0)
+
+
+class MonitorConfig(_Section):
+    bins: int = Field(10, ge=2)
+    psi_threshold: float = Field(0.2, gt=0)
+    js_threshold: float = Field(0.1, gt=0)
+    share_of_drifted_features: float = Field(0.3, gt=0, le=1)
+    rmse_threshold: float = Field(8.0, gt=0)
+    sample_rows: int = Field(20000, gt=0)
+
+
+class Settings(_Section):
+    lakehouse: Path
+    data: DataConfig
+    spark: SparkConfig
+    mlflow: MlflowConfig = MlflowConfig()
+    ingest: IngestConfig = IngestConfig()
+    validation: ValidationConfig = ValidationConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        """Relative paths resolve against the project root, so jobs behave the same from any cwd."""
+
+        def fix(p: Path) -> Path:
+            return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+
+        self.lakehouse = fix(self.lakehouse)
+        self.data.sample_dir = fix(self.data.sample_dir)
+        self.data.zone_lookup = fix(self.data.zone_lookup)
+        self.data.zone_centroids = fix(self.data.zone_centroids)
+        self.data.allowed_roots = [fix(p) for p in self.data.allowed_roots]
+        self.spark.jar_cache = fix(self.spark.jar_cache)
+        return self
+
+    # ---- derived locations ------------------------------------------------------------------
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.lakehouse / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.lakehouse / "mlflow" / "artifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.lakehouse / "reports"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.lakehouse / "raw"
+
+    def registered_model(self, service: str) -> str:
+        return f"{self.mlflow.registered_model_prefix}-{service}"
+
+    def experiment(self, name: str) -> str:
+        return f"{self.mlflow.experiment_prefix}-{name}"
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    """``TAXI__TRAIN__XGBOOST__max_depth=8`` → {"train": {"xgboost": {"max_depth": 8}}}."""
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX) :].split("__")
+        # Section and field names are lower case; deeper keys (Spark conf, learner params) keep their case.
+        path = [p.lower() for p in parts[:2]] + parts[2:]
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def load_settings(env: dict[str, str] | None = None, conf_file: str | Path | None = None) -> Settings:
+    """Build the Settings from the default profile, an optional overlay file and the environment."""
+    env = dict(os.environ if env is None else env)
+    data = _read_yaml(DEFAULT_CONF)
+    overlay = conf_file or env.get("TAXI_CONF")
+    if overlay:
+        data = _deep_merge(data, _read_yaml(Path(overlay)))
+    data = _deep_merge(data, _env_overrides(env))
+    if env.get("TAXI_LAKEHOUSE"):
+        data["lakehouse"] = env["TAXI_LAKEHOUSE"]
+    if env.get("MLFLOW_TRACKING_URI"):
+        data.setdefault("mlflow", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    try:
+        return Settings.model_validate(data)
+    except Exception as e:  # pydantic's message names the key path
+        raise ConfigError(f"invalid configuration: {e}") from e

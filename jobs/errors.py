@@ -1,0 +1,31 @@
+"""Errors a user can act on. The CLI prints their message on one line and exits with ``exit_code``."""
+
+
+class TaxiError(Exception):
+    """Base class: a one-line, user-facing message; no traceback is shown."""
+
+    exit_code = 1
+
+
+class InputError(TaxiError):
+    """Bad arguments or a bad input file (names the file, month and column where known)."""
+
+    exit_code = 2
+
+
+class MonthRejected(TaxiError):
+    """Validation rejected a whole month; nothing was written downstream."""
+
+    exit_code = 3
+
+
+class MissingUpstream(TaxiError):
+    """An earlier stage has not produced the data this job needs."""
+
+    exit_code = 4
+
+
+class ServiceUnavailable(TaxiError):
+    """An external service (MLflow tracking server) could not be reached after retries."""
+
+    exit_code = 5

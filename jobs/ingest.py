@@ -1,0 +1,287 @@
+"""Ingest: land one monthly TLC file in the raw zone and write all its rows to ``bronze/trips``.
+
+Every row is kept, bad ones included: validation decides later. Each release's schema (``tpep_``/``lpep_``
+prefixes, ``Airport_fee`` vs ``airport_fee``, double vs int IDs, the original CSV releases) is mapped onto the
+one schema in :mod:`jobs.schema`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import lakehouse
+from .config import Settings
+from .errors import InputError
+from .log import JobLog
+from .months import check_month, check_service
+from .schema import REQUIRED_RAW, TRIP_COLUMNS, canonical_name
+
+PARQUET_MAGIC = b"PAR1"
+
+
+@dataclass
+class LandedFile:
+    path: str
+    source: str
+    checksum: str
+    fmt: str  # "parquet" | "csv"
+    size_bytes: int
+    columns: dict[str, str]  # raw column name -> type as the file stores it
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure transforms
+# ---------------------------------------------------------------------------------------------------------------
+def normalise(raw, service: str, month: str, source_file: str, checksum: str, ingested_at: dt.datetime):
+    """Raw DataFrame of any TLC release -> the bronze schema (values cast, metadata and ``trip_id`` added).
+
+    A non-empty raw value that cannot be parsed into its column's type becomes null and its column name is
+    listed in ``cast_errors``, so validation can quarantine the row with that reason instead of losing it.
+    """
+    from pyspark.sql import functions as F
+
+    by_canonical = {}
+    for c in raw.columns:
+        name = canonical_name(c)
+        if name and name not in by_canonical:
+            by_canonical[name] = c
+    raw_types = dict(raw.dtypes)
+    values, errors = [], []
+    for name, typ in TRIP_COLUMNS:
+        src_name = by_canonical.get(name)
+        if src_name is None:
+            values.append(F.lit(None).cast(typ).alias(name))
+            continue
+        src = F.col(f"`{src_name}`")
+        if raw_types[src_name] == "string":
+            src = F.when(F.trim(src) != "", F.trim(src))
+            # "1.0" is a valid integer code in some releases: go through double.
+            parsed = src.cast("double").cast(typ) if typ == "int" else src.cast(typ)
+            errors.append(F.when(src.isNotNull() & parsed.isNull(), F.lit(name)))
+        else:
+            parsed = src.cast(typ)
+        values.append(parsed.alias(name))
+
+    df = raw.select(*values, F.array_compact(F.array(*errors)) if errors else F.array().cast("array<string>"))
+    df = df.withColumnRenamed(df.columns[-1], "cast_errors")
+    return df.transform(lambda d: add_trip_id(d, service, month)).select(
+        "trip_id",
+        *[n for n, _ in TRIP_COLUMNS],
+        "cast_errors",
+        F.lit(source_file).alias("source_file"),
+        F.lit(checksum).alias("source_checksum"),
+        F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
+        F.lit(service).alias("service"),
+        F.lit(month).alias("month"),
+    )
+
+
+def add_trip_id(df, service: str, month: str):
+    """Stable, unique ``trip_id``: a hash of the row's content plus its rank among identical rows.
+
+    It does not depend on row order or partitioning, so reruns (and a re-published file with the same rows
+    in another order) give the same IDs; identical rows, which real files contain, still get distinct IDs.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    content = F.sha2(
+        F.concat_ws("\u0001", *[F.coalesce(F.col(n).cast("string"), F.lit("\\N")) for n, _ in TRIP_COLUMNS]), 256
+    )
+    w = Window.partitionBy("_content").orderBy("_content")
+    return (
+        df.withColumn("_content", content)
+        .withColumn("_dup", F.row_number().over(w))
+        .withColumn(
+            "trip_id",
+            F.substring(F.sha2(F.concat_ws("|", F.lit(service), F.lit(month), "_content", "_dup"), 256), 1, 32),
+        )
+        .drop("_content", "_dup")
+    )
+
+
+def share_in_month(bronze, month: str) -> tuple[int, float]:
+    """Row count and the share of rows whose pickup falls in ``month``."""
+    from pyspark.sql import functions as F
+
+    row = bronze.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum((F.date_format("pickup_datetime", "yyyy-MM") == month).cast("int")).alias("in_month"),
+    ).first()
+    n = int(row["n"])
+    return n, (int(row["in_month"] or 0) / n if n else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Landing (file system side)
+# ---------------------------------------------------------------------------------------------------------------
+def default_source(settings: Settings, service: str, month: str) -> str:
+    """The shipped sample file for the month if there is one, else the TLC's public URL."""
+    for candidate in sorted((settings.data.sample_dir / service).glob(f"{service}_tripdata_{month}*")):
+        return str(candidate)
+    return settings.data.source_url_template.format(service=service, month=month)
+
+
+def _local_path(settings: Settings, source: str) -> Path:
+    path = Path(urllib.parse.urlparse(source).path if source.startswith("file://") else source).resolve()
+    if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):
+        roots = ", ".join(str(r) for r in settings.data.allowed_roots)
+        raise InputError(f"source {source} is outside the allowed roots ({roots}): set data.allowed_roots")
+    if not path.is_file():
+        raise InputError(f"source file not found: {path}")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inspect_file(path: Path, label: str) -> tuple[str, dict[str, str]]:
+    """Detect the format from the bytes and read the column names/types; clear errors for bad files."""
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{label}: file {path.name} is empty")
+    with path.open("rb") as f:
+        head = f.read(4)
+        f.seek(max(0, size - 4))
+        tail = f.read(4)
+    if head == PARQUET_MAGIC:
+        if tail != PARQUET_MAGIC:
+            raise InputError(f"{label}: file {path.name} is a truncated parquet file (no footer)")
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+        except Exception as e:  # corrupt footer
+            raise InputError(f"{label}: file {path.name} is an unreadable parquet file: {e}") from e
+        return "parquet", {n: str(t) for n, t in zip(schema.names, schema.types, strict=True)}
+    with path.open("rb") as f:
+        first = f.readline(65536)
+    try:
+        header = first.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{label}: file {path.name} is neither parquet nor a CSV text file") from e
+    if "," not in header:
+        raise InputError(f"{label}: file {path.name} is neither parquet nor CSV with a header row")
+    return "csv", {c.strip().strip('"'): "string" for c in header.split(",")}
+
+
+def check_trip_columns(columns: dict[str, str], label: str, filename: str) -> None:
+    present = {canonical_name(c) for c in columns}
+    missing = [c for c in REQUIRED_RAW if c not in present]
+    if missing:
+        raise InputError(
+            f"{label}: file {filename} is not a TLC trip file: missing column(s) {', '.join(missing)}"
+        )
+
+
+def stage(settings: Settings, service: str, month: str, source: str, log: JobLog) -> LandedFile:
+    """Copy or download the source into a private staging folder and check it is a TLC trip file.
+
+    Nothing in the raw zone changes until :func:`commit_landing`, so a refused file leaves no trace.
+    """
+    label = f"{service} {month}"
+    name = Path(urllib.parse.urlparse(source).path).name or f"{service}_tripdata_{month}.parquet"
+    staging = settings.raw_dir / "_staging" / lakehouse.new_run_id(f"{service}-{month}")
+    staging.mkdir(parents=True)
+    staged = staging / name
+    try:
+        if source.startswith(("http://", "https://")):
+            log.info("downloading", url=source)
+            try:
+                with urllib.request.urlopen(source, timeout=settings.ingest.download_timeout_s) as r, open(
+                    staged, "wb"
+                ) as out:
+                    shutil.copyfileobj(r, out)
+            except OSError as e:
+                raise InputError(f"{label}: could not download {source}: {e}") from e
+        else:
+            shutil.copyfile(_local_path(settings, source), staged)
+        fmt, columns = inspect_file(staged, label)
+        check_trip_columns(columns, label, name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return LandedFile(str(staged), source, _sha256(staged), fmt, staged.stat().st_size, columns)
+
+
+def commit_landing(settings: Settings, service: str, month: str, staged: LandedFile) -> LandedFile:
+    """Move the staged file into ``raw/<service>/<month>/`` (replacing an earlier landing) with its checksum."""
+    target_dir = settings.raw_dir / service / month
+    target_dir.mkdir(parents=True, exist_ok=True)
+    src = Path(staged.path)
+    for old in target_dir.iterdir():  # one landed file per month: a re-land replaces it
+        if old.name != src.name:
+            old.unlink()
+    final = target_dir / src.name
+    os.replace(src, final)
+    shutil.rmtree(src.parent, ignore_errors=True)
+    landed = LandedFile(**{**asdict(staged), "path": str(final)})
+    (target_dir / f"{src.name}.sha256").write_text(f"{landed.checksum}  {src.name}\n")
+    (target_dir / "_landing.json").write_text(json.dumps(asdict(landed), indent=1))
+    return landed
+
+
+def discard(staged: LandedFile) -> None:
+    shutil.rmtree(Path(staged.path).parent, ignore_errors=True)
+
+
+def landed_file(settings: Settings, service: str, month: str) -> LandedFile | None:
+    manifest = settings.raw_dir / service / month / "_landing.json"
+    return LandedFile(**json.loads(manifest.read_text())) if manifest.exists() else None
+
+
+def read_raw(spark, landed: LandedFile):
+    if landed.fmt == "parquet":
+        return spark.read.parquet(landed.path)
+    # All strings: `normalise` parses each column and records what does not parse.
+    return spark.read.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE").csv(
+        landed.path
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------
+def run(spark, settings: Settings, service: str, month: str, source: str | None = None) -> dict:
+    check_service(service)
+    check_month(month)
+    log = JobLog("ingest", service, month)
+    source = source or default_source(settings, service, month)
+    staged = stage(settings, service, month, source, log)
+    name = Path(staged.path).name
+    log.info("staged", file=name, format=staged.fmt, bytes=staged.size_bytes, sha256=staged.checksum[:12])
+    try:
+        ingested_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        bronze = normalise(read_raw(spark, staged), service, month, name, staged.checksum, ingested_at)
+        rows, share = share_in_month(bronze, month)
+        if rows == 0:
+            raise InputError(f"{service} {month}: file {name} has no rows")
+        if share < settings.ingest.min_share_in_month:
+            raise InputError(
+                f"{service} {month}: file {name} looks like another month's file: only {share:.0%} of "
+                f"pickup_datetime values fall in {month} (need {settings.ingest.min_share_in_month:.0%})"
+            )
+        run_id = lakehouse.new_run_id("ingest")
+        version = lakehouse.replace_partition(bronze, settings, lakehouse.BRONZE, run_id, service, month)
+    except BaseException:
+        discard(staged)
+        raise
+    landed = commit_landing(settings, service, month, staged)
+    summary = {"rows": rows, "share_in_month": round(share, 4), "bronze_version": version, "run_id": run_id}
+    log.info("done", file=landed.path, **summary, duration_s=round(log.elapsed(), 1))
+    return summary
+
+

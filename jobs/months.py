@@ -1,0 +1,72 @@
+"""Month and ISO-week arithmetic, and argument checks shared by every job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from .config import SERVICES
+from .errors import InputError
+
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_WEEK = re.compile(r"^(\d{4})-W(0[1-9]|[1-4]\d|5[0-3])$")
+
+
+def check_service(service: str) -> str:
+    if service not in SERVICES:
+        raise InputError(f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
+    return service
+
+
+def check_month(month: str) -> str:
+    """``YYYY-MM`` with a real month and a plausible year; anything else (``2023-13``, ``../x``) is refused."""
+    m = _MONTH.match(month or "")
+    if not m or not 2009 <= int(m.group(1)) <= 2100:
+        raise InputError(f"invalid month {month!r}: expected YYYY-MM, e.g. 2023-01")
+    return month
+
+
+def check_week(week: str) -> str:
+    m = _WEEK.match(week or "")
+    if not m:
+        raise InputError(f"invalid week {week!r}: expected an ISO week YYYY-Www, e.g. 2023-W06")
+    try:
+        dt.date.fromisocalendar(int(m.group(1)), int(m.group(2)), 1)
+    except ValueError as e:
+        raise InputError(f"invalid week {week!r}: {e}") from e
+    return week
+
+
+def month_start(month: str) -> dt.date:
+    y, m = map(int, month.split("-"))
+    return dt.date(y, m, 1)
+
+
+def add_months(month: str, n: int) -> str:
+    y, m = map(int, month.split("-"))
+    idx = y * 12 + (m - 1) + n
+    return f"{idx // 12:04d}-{idx % 12 + 1:02d}"
+
+
+def previous_months(month: str, n: int) -> list[str]:
+    """The ``n`` months before ``month``, oldest first (never ``month`` itself)."""
+    return [add_months(month, -k) for k in range(n, 0, -1)]
+
+
+def month_window(until: str, n: int) -> list[str]:
+    """``n`` months ending with ``until`` inclusive, oldest first."""
+    return [add_months(until, -k) for k in range(n - 1, -1, -1)]
+
+
+def week_bounds(week: str) -> tuple[dt.datetime, dt.datetime]:
+    """[Monday 00:00, next Monday 00:00) of an ISO week."""
+    y, w = week.split("-W")
+    start = dt.datetime.combine(dt.date.fromisocalendar(int(y), int(w), 1), dt.time())
+    return start, start + dt.timedelta(days=7)
+
+
+def week_months(week: str) -> list[str]:
+    """The month partitions a week's trips can live in (a week can straddle two months)."""
+    start, end = week_bounds(week)
+    last = end - dt.timedelta(seconds=1)
+    return sorted({start.strftime("%Y-%m"), last.strftime("%Y-%m")})
