@@ -17,8 +17,9 @@ from .errors import InputError, TaxiError
 from .log import setup_logging
 from .months import check_month, check_service, check_week
 
-EXIT_DOC = """exit codes: 0 ok; 2 bad input or arguments; 3 month rejected by validation; 4 an upstream stage is missing;
-5 a service (MLflow) unreachable; 10 monitor: drift or error over threshold (retrain); 1 anything else."""
+EXIT_DOC = """exit codes: 0 ok; 2 bad input or arguments; 3 month rejected by validation;
+4 an upstream stage is missing; 5 a service (MLflow) unreachable;
+10 monitor: drift or error over threshold (retrain); 1 anything else."""
 
 
 def _service(v: str) -> str:

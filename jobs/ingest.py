@@ -94,7 +94,8 @@ def add_trip_id(df, service: str, month: str):
     from pyspark.sql import functions as F
 
     content = F.sha2(
-        F.concat_ws("\u0001", *[F.coalesce(F.col(n).cast("string"), F.lit("\\N")) for n, _ in TRIP_COLUMNS]), 256
+        F.concat_ws("\u0001", *[F.coalesce(F.col(n).cast("string"), F.lit("\\N")) for n, _ in TRIP_COLUMNS]),
+        256,
     )
     w = Window.partitionBy("_content").orderBy("_content")
     return (
@@ -182,9 +183,7 @@ def check_trip_columns(columns: dict[str, str], label: str, filename: str) -> No
     present = {canonical_name(c) for c in columns}
     missing = [c for c in REQUIRED_RAW if c not in present]
     if missing:
-        raise InputError(
-            f"{label}: file {filename} is not a TLC trip file: missing column(s) {', '.join(missing)}"
-        )
+        raise InputError(f"{label}: file {filename} is not a TLC trip file: missing column(s) {', '.join(missing)}")
 
 
 def stage(settings: Settings, service: str, month: str, source: str, log: JobLog) -> LandedFile:
@@ -201,9 +200,10 @@ def stage(settings: Settings, service: str, month: str, source: str, log: JobLog
         if source.startswith(("http://", "https://")):
             log.info("downloading", url=source)
             try:
-                with urllib.request.urlopen(source, timeout=settings.ingest.download_timeout_s) as r, open(
-                    staged, "wb"
-                ) as out:
+                with (
+                    urllib.request.urlopen(source, timeout=settings.ingest.download_timeout_s) as r,
+                    open(staged, "wb") as out,
+                ):
                     shutil.copyfileobj(r, out)
             except OSError as e:
                 raise InputError(f"{label}: could not download {source}: {e}") from e
@@ -247,9 +247,7 @@ def read_raw(spark, landed: LandedFile):
     if landed.fmt == "parquet":
         return spark.read.parquet(landed.path)
     # All strings: `normalise` parses each column and records what does not parse.
-    return spark.read.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE").csv(
-        landed.path
-    )
+    return spark.read.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE").csv(landed.path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,5 +281,3 @@ def run(spark, settings: Settings, service: str, month: str, source: str | None 
     summary = {"rows": rows, "share_in_month": round(share, 4), "bronze_version": version, "run_id": run_id}
     log.info("done", file=landed.path, **summary, duration_s=round(log.elapsed(), 1))
     return summary
-
-

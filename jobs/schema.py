@@ -35,7 +35,6 @@ TRIP_TYPES = dict(TRIP_COLUMNS)
 
 # Metadata columns ingest adds to every row.
 META_COLUMNS: list[tuple[str, str]] = [
-    ("trip_id", "string"),
     ("cast_errors", "array<string>"),
     ("source_file", "string"),
     ("source_checksum", "string"),
@@ -43,6 +42,9 @@ META_COLUMNS: list[tuple[str, str]] = [
     ("service", "string"),
     ("month", "string"),
 ]
+
+# The bronze table's columns, in order: a stable ID, the trip, then ingestion metadata and the partitions.
+BRONZE_COLUMNS: list[tuple[str, str]] = [("trip_id", "string"), *TRIP_COLUMNS, *META_COLUMNS]
 
 # Raw column names (lower-cased) that map to a canonical name other than their own.
 RAW_ALIASES = {

@@ -1,0 +1,61 @@
+# The README's commands. Each target creates or refreshes .venv itself when it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JARS := .cache/jars/manifest.json
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+export AIRFLOW_HOME ?= $(abspath .airflow)
+
+.PHONY: setup demo test lint bench bench-quick airflow clean java help
+
+help:
+	@echo "make demo         run the whole pipeline on the shipped sample months (local Spark, ./lakehouse)"
+	@echo "make test         lint (ruff) then the test suite (pytest)"
+	@echo "make setup        create/refresh .venv and resolve the Spark JARs (the other targets do this)"
+	@echo "make bench        benchmarks at 0.25M/1M/3M rows;  make bench-quick: 0.25M rows"
+	@echo "make airflow      start Airflow locally (standalone) with the project's DAGs"
+	@echo "make clean        remove the lakehouse and caches (keeps .venv and the JAR cache)"
+
+java:
+	@command -v java >/dev/null || { echo "error: Java 17 is required (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+	@java -version 2>&1 | grep -qE 'version "17\.' || { echo "error: Java 17 is required, found: $$(java -version 2>&1 | head -1)" >&2; exit 1; }
+
+$(STAMP): pyproject.toml | java
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+$(JARS): $(STAMP) conf/local.yaml
+	$(BIN)/taxi jars >/dev/null
+
+setup: java $(STAMP) $(JARS)
+
+demo: setup
+	$(BIN)/taxi demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+bench-quick: setup
+	$(BIN)/python bench/run.py --quick
+
+airflow: setup
+	$(BIN)/python -m jobs.airflow_local
+
+clean:
+	rm -rf lakehouse spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""Shared fixtures: one real SparkSession (local[2]) and one temporary lakehouse for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "tlc"
+_LAKEHOUSE = Path(tempfile.mkdtemp(prefix="taxi-test-lakehouse-"))
+
+# Set before any job code loads settings: everything the tests write goes to a throwaway lakehouse.
+os.environ.update(
+    {
+        "TAXI_LAKEHOUSE": str(_LAKEHOUSE),
+        "TAXI__SPARK__MASTER": "local[2]",
+        "TAXI__SPARK__CONF__spark.sql.shuffle.partitions": "4",
+        "TAXI__SPARK__CONF__spark.ui.enabled": "false",
+        "TAXI__SPARK__CONF__spark.driver.memory": "3g",
+        "TAXI__DATA__ALLOWED_ROOTS": f"[{ROOT / 'data'}, {_LAKEHOUSE}, {tempfile.gettempdir()}]",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+)
+os.environ.pop("TAXI_CONF", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from jobs.config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from jobs.spark import get_spark
+
+    session = get_spark(settings, app_name="taxi-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def bronze_green(spark, settings):
+    """green 2023-01 and 2023-02 ingested once (the real months most tests build on)."""
+    from jobs import ingest
+
+    return {m: ingest.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
+
+
+def table_version(settings, table) -> int:
+    from deltalake import DeltaTable
+
+    return DeltaTable(table.path(settings)).version()

@@ -1,0 +1,99 @@
+"""The footing: pinned versions, config loading and overrides, month arithmetic."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+
+from jobs.config import ConfigError, load_settings
+from jobs.errors import InputError
+from jobs.months import (
+    add_months,
+    check_month,
+    check_week,
+    month_window,
+    previous_months,
+    week_bounds,
+    week_months,
+)
+
+from .conftest import ROOT
+
+
+def _pins() -> dict[str, str]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {m.group(1): m.group(2) for d in deps if (m := re.match(r"([A-Za-z0-9_.-]+)==(.+)", d))}
+
+
+def test_pyspark_is_the_pinned_version_not_overwritten_by_pyspark_client():
+    import pyspark
+
+    assert pyspark.__version__ == _pins()["pyspark"]
+
+
+def test_airflow_spark_provider_is_pinned_below_6():
+    from importlib.metadata import version
+
+    assert version("apache-airflow-providers-apache-spark") == _pins()["apache-airflow-providers-apache-spark"]
+    assert int(_pins()["apache-airflow-providers-apache-spark"].split(".")[0]) == 5
+
+
+def test_default_profile_paths_and_tracking_uri(tmp_path):
+    s = load_settings(env={"TAXI_LAKEHOUSE": str(tmp_path / "lh")})
+    assert s.lakehouse == tmp_path / "lh"
+    assert s.tracking_uri == f"sqlite:///{tmp_path / 'lh' / 'mlflow' / 'mlflow.db'}"
+    assert s.spark.master == "local[*]"
+    assert s.data.zone_lookup.is_absolute() and s.data.zone_lookup.exists()
+    assert s.registered_model("green") == "taxi-duration-green"
+
+
+def test_env_overrides_and_overlay_file(tmp_path):
+    overlay = tmp_path / "prod.yaml"
+    overlay.write_text("spark:\n  master: spark://10.0.0.1:7077\nvalidation:\n  max_failed_share: 0.2\n")
+    s = load_settings(
+        env={
+            "TAXI_CONF": str(overlay),
+            "TAXI__TRAIN__XGBOOST__max_depth": "6",
+            "TAXI__SPARK__CONF__spark.sql.shuffle.partitions": "16",
+            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        }
+    )
+    assert s.spark.master == "spark://10.0.0.1:7077"
+    assert s.validation.max_failed_share == 0.2
+    assert s.train.xgboost["max_depth"] == 6 and s.train.xgboost["learning_rate"] == 0.1
+    assert s.spark.conf["spark.sql.shuffle.partitions"] == "16"
+    assert s.tracking_uri == "http://mlflow:5000"
+
+
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"TAXI__VALIDATION__MAX_FAILED_SHARE": "1.5"}, "max_failed_share"),
+        ({"TAXI__SPARK__MASTER": "ftp://x"}, "unsupported Spark master"),
+        ({"TAXI__FEATURES__NO_SUCH_KEY": "1"}, "no_such_key"),
+        ({"TAXI_CONF": "/nonexistent.yaml"}, "config file not found"),
+    ],
+)
+def test_invalid_config_names_the_key(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env=env)
+
+
+@pytest.mark.parametrize("bad", ["2023-13", "2023-00", "../x", "2023-1", "23-01", "", "2023-01; rm -rf /"])
+def test_bad_months_are_refused(bad):
+    with pytest.raises(InputError, match="invalid month"):
+        check_month(bad)
+
+
+def test_month_and_week_arithmetic():
+    assert add_months("2023-01", -1) == "2022-12" and add_months("2022-12", 1) == "2023-01"
+    assert previous_months("2023-02", 3) == ["2022-11", "2022-12", "2023-01"]
+    assert month_window("2023-01", 2) == ["2022-12", "2023-01"]
+    start, end = week_bounds("2023-W06")
+    assert (start.isoformat(), end.isoformat()) == ("2023-02-06T00:00:00", "2023-02-13T00:00:00")
+    assert week_months("2023-W05") == ["2023-01", "2023-02"]  # Jan 30 - Feb 5
+    assert check_week("2023-W06") == "2023-W06"
+    with pytest.raises(InputError):
+        check_week("2023-W54")

@@ -1,0 +1,181 @@
+"""Ingest: every real schema generation lands in one bronze schema; reruns, IDs, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from jobs import ingest, lakehouse
+from jobs.cli import main
+from jobs.schema import BRONZE_COLUMNS, TRIP_COLUMNS
+
+from .conftest import DATA, table_version
+
+EXPECTED_DTYPES = BRONZE_COLUMNS
+
+GENERATIONS = {
+    # (service, month, file): what makes the release different
+    "green-2022-double-ids": ("green", "2022-01", DATA / "green/green_tripdata_2022-01.parquet"),
+    "green-2023-int-ids": ("green", "2023-02", DATA / "green/green_tripdata_2023-02.parquet"),
+    "yellow-2019-sample": ("yellow", "2019-03", DATA / "yellow/yellow_tripdata_2019-03.parquet"),
+    "yellow-2025-Airport_fee-cbd": (
+        "yellow",
+        "2025-02",
+        DATA / "yellow/yellow_tripdata_2025-02.sample.parquet",
+    ),
+    "yellow-2021-original-csv": (
+        "yellow",
+        "2021-01",
+        DATA / "yellow-original-csv/yellow_tripdata_2021-01.csv",
+    ),
+}
+
+
+def _bronze_month(spark, settings, service, month):
+    return lakehouse.read(spark, settings, lakehouse.BRONZE).where(lakehouse.partition_predicate(service, month))
+
+
+def _raw_pandas(path):
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    df = pq.read_table(path).to_pandas()
+    return df
+
+
+@pytest.mark.parametrize("generation", list(GENERATIONS))
+def test_every_schema_generation_lands_in_the_same_bronze_schema(spark, settings, generation):
+    service, month, path = GENERATIONS[generation]
+    summary = ingest.run(spark, settings, service, month, str(path))
+    raw = _raw_pandas(path)
+    bronze = _bronze_month(spark, settings, service, month)
+
+    assert [(f.name, f.dataType.simpleString()) for f in bronze.schema.fields] == EXPECTED_DTYPES
+    assert summary["rows"] == len(raw) == bronze.count()
+    pdf = bronze.toPandas()
+    # Values survive the type changes: sums of IDs and distances equal the raw file's.
+    assert pdf["PULocationID"].sum() == raw["PULocationID"].sum()
+    assert pdf["trip_distance"].sum() == pytest.approx(raw["trip_distance"].sum())
+    assert pdf["passenger_count"].notna().sum() == raw["passenger_count"].notna().sum()
+    assert pdf["cast_errors"].map(len).sum() == 0  # real files parse completely
+    if generation == "yellow-2025-Airport_fee-cbd":
+        assert pdf["airport_fee"].notna().sum() == raw["Airport_fee"].notna().sum() > 0
+        assert pdf["cbd_congestion_fee"].sum() == pytest.approx(raw["cbd_congestion_fee"].sum())
+        assert 7 in set(pdf["VendorID"])
+    if generation == "yellow-2021-original-csv":
+        # ".20" in the CSV is 0.2 miles; timestamps keep their wall-clock value (no time-zone shift).
+        row = pdf[pdf["pickup_datetime"] == pd.Timestamp("2021-01-01 00:51:20")].iloc[0]
+        assert row["trip_distance"] == pytest.approx(0.2) and row["total_amount"] == pytest.approx(4.3)
+    if generation == "green-2022-double-ids":
+        assert pdf["ehail_fee"].isna().all()
+
+
+def test_rerun_replaces_the_partition_and_keeps_trip_ids(spark, settings, bronze_green):
+    before = _bronze_month(spark, settings, "green", "2023-01").select("trip_id").toPandas()
+    again = ingest.run(spark, settings, "green", "2023-01")
+    after = _bronze_month(spark, settings, "green", "2023-01").select("trip_id").toPandas()
+    assert again["rows"] == len(before) == len(after) == 68211
+    assert set(before["trip_id"]) == set(after["trip_id"])
+    assert after["trip_id"].is_unique
+    # Other months untouched by the rerun.
+    assert _bronze_month(spark, settings, "green", "2023-02").count() == 64809
+
+
+def test_trip_id_is_unique_even_for_identical_rows(spark):
+    from datetime import datetime
+
+    from pyspark.sql import functions as F
+
+    from jobs.ingest import add_trip_id
+
+    t = datetime(2023, 1, 1, 10)
+    rows = [(1, t, t, 5.0)] * 3 + [(2, t, t, 5.0)]
+    df = spark.createDataFrame(
+        rows, "VendorID int, pickup_datetime timestamp, dropoff_datetime timestamp, trip_distance double"
+    )
+    for name, typ in TRIP_COLUMNS:
+        if name not in df.columns:
+            df = df.withColumn(name, F.lit(None).cast(typ))
+    ids = [r.trip_id for r in add_trip_id(df, "green", "2023-01").collect()]
+    ids_again = [r.trip_id for r in add_trip_id(df.repartition(3), "green", "2023-01").collect()]
+    assert len(set(ids)) == 4 and set(ids) == set(ids_again)
+    assert all(len(i) == 32 for i in ids)
+
+
+def test_bronze_reads_with_deltalake_without_spark(settings, bronze_green):
+    dt = DeltaTable(lakehouse.BRONZE.path(settings))
+    assert dt.metadata().partition_columns == ["service", "month"]
+    pdf = dt.to_pandas(filters=[("service", "=", "green"), ("month", "=", "2023-02")])
+    assert len(pdf) == 64809 and pdf["trip_id"].is_unique
+
+
+def test_raw_zone_keeps_the_file_and_its_checksum(settings, bronze_green):
+    import hashlib
+
+    landed = ingest.landed_file(settings, "green", "2023-02")
+    digest = hashlib.sha256(open(landed.path, "rb").read()).hexdigest()
+    assert landed.checksum == digest
+    assert open(landed.path + ".sha256").read().split()[0] == digest
+
+
+# ---- bad input: one clear line, non-zero exit, bronze unchanged ---------------------------------------------------
+def _bad_files(tmp_path):
+    good = DATA / "green/green_tripdata_2023-02.parquet"
+    truncated = tmp_path / "green_tripdata_2023-02.parquet"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    other = tmp_path / "zones.csv"
+    shutil.copy(DATA.parent / "zones/zone_lookup.csv", other)
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 10)
+    return {
+        "truncated": (truncated, "truncated parquet"),
+        "empty": (empty, "is empty"),
+        "non-tlc-csv": (other, "not a TLC trip file: missing column(s) pickup_datetime"),
+        "other-format": (binary, "neither parquet nor"),
+        "missing": (tmp_path / "nope.parquet", "source file not found"),
+        "outside-roots": ("/etc/hostname", "outside the allowed roots"),
+        "wrong-month": (good, "looks like another month's file"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["truncated", "empty", "non-tlc-csv", "other-format", "missing", "outside-roots", "wrong-month"]
+)
+def test_bad_input_fails_clearly_and_changes_nothing(spark, settings, bronze_green, tmp_path, capsys, case):
+    source, message = _bad_files(tmp_path)[case]
+    month = "2023-03" if case == "wrong-month" else "2023-02"
+    version = table_version(settings, lakehouse.BRONZE)
+    raw_before = sorted(p.name for p in (settings.raw_dir / "green" / "2023-02").iterdir())
+
+    rc = main(["ingest", "--service", "green", "--month", month, "--source", str(source)])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("taxi ingest: error: ") and message in err[-1]
+    assert table_version(settings, lakehouse.BRONZE) == version
+    assert sorted(p.name for p in (settings.raw_dir / "green" / "2023-02").iterdir()) == raw_before
+    assert not list((settings.raw_dir / "_staging").glob("*"))
+
+
+@pytest.mark.parametrize("argv", [["--month", "2023-13"], ["--month", "../x"], ["--service", "blue"]])
+def test_bad_arguments_exit_2_with_usage(argv, capsys):
+    args = {"--service": "green", "--month": "2023-01"}
+    args.update(dict(zip(argv[::2], argv[1::2], strict=True)))
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", *[x for kv in args.items() for x in kv]])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid month" in err or "unknown service 'blue'" in err
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    out = capsys.readouterr().out
+    for opt in ("--service", "--month", "--source"):
+        assert opt in out
