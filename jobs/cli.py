@@ -50,13 +50,17 @@ def _service_month(p: argparse.ArgumentParser, month_help: str = "the month, YYY
 
 # ---- job launchers: heavy imports happen here, not at parse time ---------------------------------------------
 def _with_spark(settings: Settings, args, fn: Callable) -> dict:
+    """Run ``fn`` with a session; stop it afterwards only if this call created it (tests, notebooks share one)."""
+    from pyspark.sql import SparkSession
+
     from .spark import get_spark
 
+    owned = SparkSession.getActiveSession() is None
     spark = get_spark(settings, app_name=f"taxi-{args.command}")
     try:
         return fn(spark)
     finally:
-        if not getattr(args, "keep_session", False):
+        if owned:
             spark.stop()
 
 
@@ -64,6 +68,12 @@ def cmd_ingest(settings, args):
     from . import ingest
 
     return _with_spark(settings, args, lambda s: ingest.run(s, settings, args.service, args.month, args.source))
+
+
+def cmd_validate(settings, args):
+    from . import validate
+
+    return _with_spark(settings, args, lambda s: validate.run(s, settings, args.service, args.month))
 
 
 def cmd_jars(settings, args):
@@ -120,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
         "shipped sample for that month if any, else the TLC's public URL",
     )
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "validate",
+        help="run the GX suites on a month: valid rows to silver/trips, failing rows to quarantine/trips",
+        description="Runs expectations/<service>_file.json on the landed file and <service>_rows.json on the "
+        "month's bronze rows. A rejected month exits 3 with the reason and writes nothing downstream. Every run "
+        "appends to monitoring/validation_runs and refreshes the Data Docs under <lakehouse>/reports/validation.",
+    )
+    _service_month(p)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("synth", help="write a synthetic raw month in the real TLC schema (for benchmarks)")
     _service_month(p)

@@ -79,7 +79,7 @@ class ValidationConfig(_Section):
     max_trip_distance_miles: float = Field(100, gt=0)
     max_passenger_count: int = Field(9, gt=0)
     max_fare_amount: float = 1000
-    min_fare_amount: float = -1000
+    min_fare_amount: float = 0
 
 
 class FeaturesConfig(_Section):

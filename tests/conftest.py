@@ -60,3 +60,22 @@ def table_version(settings, table) -> int:
     from deltalake import DeltaTable
 
     return DeltaTable(table.path(settings)).version()
+
+
+@pytest.fixture(scope="session")
+def validated_green(spark, settings, bronze_green):
+    """green 2023-01 and 2023-02 validated (in order, so 2023-02 has a previous month to compare with)."""
+    from jobs import validate
+
+    return {m: validate.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
+
+
+def require_chromium() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return path
