@@ -76,6 +76,12 @@ def cmd_validate(settings, args):
     return _with_spark(settings, args, lambda s: validate.run(s, settings, args.service, args.month))
 
 
+def cmd_features(settings, args):
+    from . import features
+
+    return _with_spark(settings, args, lambda s: features.run(s, settings, args.service, args.month))
+
+
 def cmd_jars(settings, args):
     from .spark import ensure_jars
 
@@ -140,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _service_month(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "features",
+        help="write a month's features to silver/features (history from earlier months only)",
+        description="Reads the month's validated trips (silver/trips) and, for the history features, the "
+        "features.history_months months before it; replaces the month's partition of silver/features.",
+    )
+    _service_month(p)
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("synth", help="write a synthetic raw month in the real TLC schema (for benchmarks)")
     _service_month(p)

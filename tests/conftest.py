@@ -79,3 +79,11 @@ def require_chromium() -> str:
             pytest.fail("chromium is required in CI (.ci/run installs it)")
         pytest.skip("chromium not installed (apt-get install chromium)")
     return path
+
+
+@pytest.fixture(scope="session")
+def features_green(spark, settings, validated_green):
+    """Features for green 2023-01 and 2023-02 (2023-02's history comes from 2023-01)."""
+    from jobs import features
+
+    return {m: features.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
