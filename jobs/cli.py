@@ -82,6 +82,42 @@ def cmd_features(settings, args):
     return _with_spark(settings, args, lambda s: features.run(s, settings, args.service, args.month))
 
 
+def cmd_train(settings, args):
+    from . import train
+
+    return _with_spark(settings, args, lambda s: train.run(s, settings, args.service, args.until, args.months))
+
+
+def cmd_score(settings, args):
+    from . import score
+
+    return _with_spark(
+        settings, args, lambda s: score.run(s, settings, args.service, args.month, args.model_alias, args.model_version)
+    )
+
+
+def cmd_run_month(settings, args):
+    from . import features, ingest, score, validate
+
+    def go(spark):
+        steps = {
+            "ingest": ingest.run(spark, settings, args.service, args.month, args.source),
+            "validate": validate.run(spark, settings, args.service, args.month),
+            "features": features.run(spark, settings, args.service, args.month),
+        }
+        if not args.skip_score:
+            steps["score"] = score.run(spark, settings, args.service, args.month)
+        return steps
+
+    return _with_spark(settings, args, go)
+
+
+def cmd_monitor(settings, args):
+    from . import monitor
+
+    return _with_spark(settings, args, lambda s: monitor.run(s, settings, args.service, args.week, args.exit_code))
+
+
 def cmd_jars(settings, args):
     from .spark import ensure_jars
 
@@ -155,6 +191,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _service_month(p)
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "train",
+        help="train XGBoost and LightGBM on Spark, log to MLflow, promote the best if it beats the champion",
+        description="Trains on the feature months up to --until (the last month present validates), logs "
+        "baselines, scratch and warm-started candidates to MLflow, registers the best one and moves the "
+        "'champion' alias only if it beats the current champion on the same validation month.",
+    )
+    p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
+    p.add_argument("--until", required=True, type=_month, help="last month of the window, YYYY-MM")
+    p.add_argument("--months", type=int, help="window length in months (default: train.months)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "score",
+        help="score a month's validated trips with a registered model into gold/predictions",
+        description="Loads the model from the MLflow registry (by alias, default 'champion', or by version), "
+        "predicts every trip of the month's features in Arrow batches and replaces the month's partition.",
+    )
+    _service_month(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model-alias", help="registry alias to score with (default: score.model_alias)")
+    which.add_argument("--model-version", type=int, help="registry version number to score with")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("run-month", help="ingest -> validate -> features -> score for one month")
+    _service_month(p)
+    p.add_argument("--source", help="as for `taxi ingest --source`")
+    p.add_argument("--skip-score", action="store_true", help="stop after features (no model needed)")
+    p.set_defaults(func=cmd_run_month)
+
+    p = sub.add_parser(
+        "monitor",
+        help="weekly drift (PSI, JS, KS, Wasserstein) and accuracy of the champion; retrain flag",
+        description="Compares the week's scored trips with the champion's training window; writes "
+        "monitoring/drift, an MLflow run with an HTML report, and <lakehouse>/reports/drift/<service>/<week>.json "
+        "whose 'retrain' flag the Airflow DAG branches on.",
+    )
+    p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
+    p.add_argument("--week", required=True, type=_week, help="ISO week, YYYY-Www (e.g. 2023-W06)")
+    p.add_argument("--exit-code", action="store_true", help="exit 10 when drift or error calls for retraining")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("synth", help="write a synthetic raw month in the real TLC schema (for benchmarks)")
     _service_month(p)

@@ -99,8 +99,9 @@ class TrainConfig(_Section):
     months: int = Field(12, ge=1)
     margin: float = Field(0.0, ge=0)
     num_workers: int | None = Field(None, ge=1)
-    refit: bool = False
+    refit: bool = True
     warm_start: bool = True
+    warm_start_rounds: int = Field(100, ge=1)
     seed: int = 42
     xgboost: dict[str, Any] = Field(default_factory=dict)
     lightgbm: dict[str, Any] = Field(default_factory=dict)

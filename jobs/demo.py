@@ -1,10 +1,20 @@
-"""``taxi demo``: the whole pipeline on the real sample months the repo ships, on embedded defaults."""
+"""``taxi demo``: the whole pipeline on the real sample months the repo ships, on embedded defaults.
+
+green: every shipped month through ingest -> validate -> features; train on all months up to the one before
+the last; score the last month with the champion; a weekly drift report on it. yellow: the shipped samples of
+every schema generation through ingest -> validate.
+"""
 
 from __future__ import annotations
 
-from . import ingest, lakehouse
+import datetime as dt
+from typing import Any
+
+from . import features, ingest, lakehouse, monitor, score, train, validate
 from .config import Settings
+from .errors import MonthRejected
 from .log import JobLog
+from .months import add_months, month_start, months_between
 
 
 def shipped_months(settings: Settings, service: str) -> list[str]:
@@ -13,14 +23,54 @@ def shipped_months(settings: Settings, service: str) -> list[str]:
     return sorted({f.name.split("_tripdata_")[1][:7] for f in files})
 
 
-def run(spark, settings: Settings) -> dict:
+def run(spark, settings: Settings) -> dict[str, Any]:
     log = JobLog("demo")
-    months = {s: shipped_months(settings, s) for s in ("green", "yellow")}
-    for service, ms in months.items():
-        for month in ms:
-            ingest.run(spark, settings, service, month)
-    bronze = lakehouse.read(spark, settings, lakehouse.BRONZE)
-    print("\nbronze/trips (" + lakehouse.BRONZE.path(settings) + "):")
-    bronze.groupBy("service", "month").count().orderBy("service", "month").show(50, truncate=False)
+    out: dict[str, Any] = {"lakehouse": str(settings.lakehouse)}
+    green = shipped_months(settings, "green")
+    for month in green:
+        ingest.run(spark, settings, "green", month)
+        validate.run(spark, settings, "green", month)
+        features.run(spark, settings, "green", month)
+    for month in shipped_months(settings, "yellow"):
+        ingest.run(spark, settings, "yellow", month)
+        try:
+            validate.run(spark, settings, "yellow", month)
+        except MonthRejected as e:  # shown, not fatal: that is what the validation report is for
+            log.warning("yellow month rejected", month=month, reason=str(e))
+
+    last = green[-1]
+    until = add_months(last, -1)
+    span = months_between(green[0], until)  # every shipped month before the last one is in the window
+    trained = train.run(spark, settings, "green", until, months=span)
+    scored = score.run(spark, settings, "green", last)
+    iso = (month_start(last) + dt.timedelta(days=7)).isocalendar()  # the week of the 8th lies inside the month
+    week = f"{iso.year}-W{iso.week:02d}"
+    drift = monitor.run(spark, settings, "green", week)
+    out.update(train=trained, score=scored, monitor={k: drift[k] for k in ("week", "verdict", "retrain", "report")})
+
+    print("\n=== bronze/trips: rows per month ===")
+    lakehouse.read(spark, settings, lakehouse.BRONZE).groupBy("service", "month").count().orderBy(
+        "service", "month"
+    ).show(50, truncate=False)
+    print("=== monitoring/validation_runs: latest verdicts ===")
+    lakehouse.read(spark, settings, lakehouse.VALIDATION_RUNS).orderBy("started_at").select(
+        "service", "month", "verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share"
+    ).dropDuplicates(["service", "month"]).orderBy("service", "month").show(50, truncate=False)
+    print(f"Data Docs (validation reports): {validate.GxRunner(settings).docs_index}")
+    print(f"MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
+    print(
+        f"Training (green until {add_months(last, -1)}): best {trained['best_candidate']} "
+        f"rmse {trained['best_rmse']} on {trained['valid_month']}; candidates {trained['candidates']}; "
+        f"champion v{trained['champion_version']}"
+    )
+    print(
+        f"Scored green {last} with {scored['model_name']} v{scored['model_version']}: {scored['rows']} trips; "
+        f"predicted vs actual RMSE {scored['rmse_in_training_range']} min, MAE {scored['mae_in_training_range']} "
+        f"min (trips of {settings.features.target_min_minutes:g}-{settings.features.target_max_minutes:g} min)"
+    )
+    print(
+        f"Drift report green {week}: verdict {drift['verdict']} (retrain: {drift['retrain']}; drifted: "
+        f"{', '.join(drift['drifted_features']) or 'none'}) -> {drift['report']}"
+    )
     log.info("done", duration_s=round(log.elapsed(), 1))
-    return {"lakehouse": str(settings.lakehouse), "months": months}
+    return out

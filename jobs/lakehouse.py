@@ -8,6 +8,8 @@ its ``userMetadata``, which is how a job finds the exact version it wrote, even 
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import MissingUpstream
+
+log = logging.getLogger("taxi.lakehouse")
 
 
 @dataclass(frozen=True)
@@ -70,17 +74,45 @@ def current_version(spark, settings: Settings, table: Table) -> int:
     return int(DeltaTable.forPath(spark, table.path(settings)).history(1).collect()[0].version)
 
 
-def replace_partition(df, settings: Settings, table: Table, run_id: str, service: str, month: str) -> int:
-    """Atomically replace one (service, month) partition with ``df``; returns the Delta version written."""
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", partition_predicate(service, month))
-        .option("userMetadata", run_id)
-        .partitionBy(*table.partition_by)
-        .save(table.path(settings))
+CONFLICTS = ("ConcurrentAppend", "ConcurrentDelete", "ConcurrentTransaction", "MetadataChanged", "ProtocolChanged")
+CONFLICT_RETRIES = 5
+
+
+def _retry_on_conflict(write, what: str) -> None:
+    """Run a Delta write; when a concurrent writer wins the optimistic-concurrency race, retry it (bounded).
+
+    A retried ``replaceWhere`` replaces the winner's rows again, so the partition ends with exactly one copy.
+    """
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            write()
+            return
+        except Exception as e:
+            if not any(c in f"{type(e).__name__} {e}" for c in CONFLICTS) or attempt == CONFLICT_RETRIES - 1:
+                raise
+            log.warning("concurrent write to %s (attempt %d): %s; retrying", what, attempt + 1, type(e).__name__)
+            time.sleep(0.5 * 2**attempt + random.random())
+
+
+def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: str) -> int:
+    """Atomically replace the rows matching ``predicate`` with ``df``; returns the Delta version written."""
+    _retry_on_conflict(
+        lambda: (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", predicate)
+            .option("userMetadata", run_id)
+            .partitionBy(*table.partition_by)
+            .save(table.path(settings))
+        ),
+        f"{table.relpath} where {predicate}",
     )
     return version_written(df.sparkSession, settings, table, run_id)
+
+
+def replace_partition(df, settings: Settings, table: Table, run_id: str, service: str, month: str) -> int:
+    """Atomically replace one (service, month) partition with ``df``; returns the Delta version written."""
+    return replace_where(df, settings, table, run_id, partition_predicate(service, month))
 
 
 def append(df, settings: Settings, table: Table, run_id: str) -> int:
@@ -88,7 +120,7 @@ def append(df, settings: Settings, table: Table, run_id: str) -> int:
     writer = df.write.format("delta").mode("append").option("userMetadata", run_id)
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
-    writer.save(table.path(settings))
+    _retry_on_conflict(lambda: writer.save(table.path(settings)), table.relpath)
     return version_written(df.sparkSession, settings, table, run_id)
 
 

@@ -48,6 +48,12 @@ def add_months(month: str, n: int) -> str:
     return f"{idx // 12:04d}-{idx % 12 + 1:02d}"
 
 
+def months_between(first: str, last: str) -> int:
+    """Number of months from ``first`` to ``last`` inclusive."""
+    (y1, m1), (y2, m2) = map(int, first.split("-")), map(int, last.split("-"))
+    return (y2 - y1) * 12 + (m2 - m1) + 1
+
+
 def previous_months(month: str, n: int) -> list[str]:
     """The ``n`` months before ``month``, oldest first (never ``month`` itself)."""
     return [add_months(month, -k) for k in range(n, 0, -1)]

@@ -87,3 +87,24 @@ def features_green(spark, settings, validated_green):
     from jobs import features
 
     return {m: features.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
+
+
+@pytest.fixture(scope="session")
+def green_history(spark, settings, features_green):
+    """Features for every shipped green month (2022-01, 2022-02, 2023-01, 2023-02)."""
+    from jobs import features, ingest, validate
+
+    for m in ("2022-01", "2022-02"):
+        ingest.run(spark, settings, "green", m)
+        validate.run(spark, settings, "green", m)
+        features.run(spark, settings, "green", m)
+    features.run(spark, settings, "green", "2023-01")  # its history now includes 2022 months... none within 3
+    return features.run(spark, settings, "green", "2023-02")
+
+
+@pytest.fixture(scope="session")
+def trained_green(spark, settings, green_history):
+    """The real training run with the default hyperparameters: every month up to 2023-01 (validates on 2023-01)."""
+    from jobs import train
+
+    return train.run(spark, settings, "green", "2023-01", months=13)

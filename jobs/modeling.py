@@ -1,0 +1,185 @@
+"""What training, scoring and monitoring share: the model's inputs, vectorised prediction, metrics, registry access.
+
+Models are logged to MLflow in their native flavour (an xgboost or lightgbm Booster trained on Spark), so the
+scoring job needs neither the training code nor the JVM learners: it predicts with ``Booster.inplace_predict``
+(xgboost) or ``Booster.predict`` (lightgbm) over Arrow batches in ``mapInPandas``. The target is learned on a
+log scale (``log1p`` minutes); :func:`predict_minutes` returns minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .errors import MissingUpstream, ServiceUnavailable
+from .features import MODEL_FEATURES, TARGET
+
+PREDICTION = "predicted_duration_min"
+HOUR_BANDS = [("night", 0, 6), ("morning_peak", 6, 10), ("midday", 10, 16), ("evening_peak", 16, 20), ("late", 20, 24)]
+
+
+@dataclass
+class NativeModel:
+    """A trained booster in a form that travels to executors (bytes/str) and predicts log1p(minutes)."""
+
+    flavor: str  # "xgboost" | "lightgbm"
+    payload: Any  # xgboost: raw UBJSON bytes; lightgbm: model string
+
+    @classmethod
+    def from_booster(cls, booster) -> NativeModel:
+        import xgboost as xgb
+
+        if isinstance(booster, xgb.Booster):
+            return cls("xgboost", bytes(booster.save_raw("ubj")))
+        return cls("lightgbm", booster.model_to_string())
+
+    def booster(self):
+        if self.flavor == "xgboost":
+            import xgboost as xgb
+
+            b = xgb.Booster()
+            b.load_model(bytearray(self.payload))
+            b.set_param({"nthread": 1})
+            return b
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=self.payload)
+
+
+def feature_matrix(pdf):
+    """pandas rows -> float32 matrix in MODEL_FEATURES order, nulls as NaN (what the boosters saw in training)."""
+    import numpy as np
+
+    return pdf[MODEL_FEATURES].astype("float64").to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def predict_log(booster, flavor: str, matrix):
+    if flavor == "xgboost":
+        return booster.inplace_predict(matrix)
+    return booster.predict(matrix, num_threads=1)
+
+
+def predict_minutes(df, model: NativeModel, keep: list[str]):
+    """Spark DataFrame with MODEL_FEATURES -> ``keep`` columns + ``predicted_duration_min``, in Arrow batches.
+
+    One booster per Python worker (built on its first batch), predicting whole batches in place: no per-row UDF.
+    """
+    import numpy as np
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    out_schema = T.StructType([*[df.schema[c] for c in keep], T.StructField(PREDICTION, T.DoubleType())])
+    flavor, payload = model.flavor, model.payload
+
+    def predict_batches(batches):
+        booster = NativeModel(flavor, payload).booster()
+        for pdf in batches:
+            pred = np.expm1(predict_log(booster, flavor, feature_matrix(pdf))).astype("float64")
+            out = pdf[keep].copy()
+            out[PREDICTION] = np.clip(pred, 0.0, None)
+            yield out
+
+    cols = list(dict.fromkeys([*keep, *MODEL_FEATURES]))
+    return df.select(*[F.col(c) for c in cols]).mapInPandas(predict_batches, out_schema)
+
+
+def regression_metrics(df, pred: str = PREDICTION, label: str = TARGET, by: str | None = None) -> dict[str, float]:
+    """RMSE, MAE, RMSLE (minutes) and bias, overall or per group of ``by``; computed in Spark."""
+    from pyspark.sql import functions as F
+
+    err = F.col(pred) - F.col(label)
+    log_err = F.log1p(F.greatest(F.col(pred), F.lit(0.0))) - F.log1p(F.col(label))
+    aggs = [
+        F.sqrt(F.avg(err * err)).alias("rmse"),
+        F.avg(F.abs(err)).alias("mae"),
+        F.sqrt(F.avg(log_err * log_err)).alias("rmsle"),
+        F.avg(err).alias("bias"),
+        F.count(F.lit(1)).alias("n"),
+    ]
+    if by is None:
+        row = df.agg(*aggs).first().asDict()
+        return {k: float(v) for k, v in row.items() if v is not None}
+    out = {}
+    for row in df.groupBy(by).agg(*aggs).collect():
+        d = row.asDict()
+        key = str(d.pop(by)).replace(" ", "_").replace("/", "_")
+        out.update({f"{k}_{by}_{key}": float(v) for k, v in d.items() if v is not None})
+    return out
+
+
+def with_hour_band(df):
+    from pyspark.sql import functions as F
+
+    expr = F.lit(None).cast("string")
+    for name, lo, hi in HOUR_BANDS:
+        expr = F.when((F.col("pickup_hour") >= lo) & (F.col("pickup_hour") < hi), F.lit(name)).otherwise(expr)
+    return df.withColumn("hour_band", expr)
+
+
+def full_metrics(predictions) -> dict[str, float]:
+    """Overall metrics plus RMSE/MAE per pickup borough and per hour band."""
+    pred = with_hour_band(predictions)
+    metrics = regression_metrics(pred)
+    for by in ("pu_borough", "hour_band"):
+        metrics.update(
+            {k: v for k, v in regression_metrics(pred, by=by).items() if k.startswith(("rmse_", "mae_", "n_"))}
+        )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow
+# ---------------------------------------------------------------------------------------------------------------
+def setup_mlflow(settings: Settings, retries: int = 3, backoff_s: float = 2.0):
+    """Point MLflow at the configured store; fail clearly after bounded retries if it cannot be reached."""
+    import mlflow
+
+    if settings.mlflow.tracking_uri is None:  # the embedded sqlite store and its artifacts live in the lakehouse
+        settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    last: Exception | None = None
+    for attempt in range(retries):
+        try:
+            mlflow.MlflowClient().search_experiments(max_results=1)
+            return mlflow
+        except Exception as e:  # connection refused, DNS, 5xx...
+            last = e
+            time.sleep(backoff_s * (2**attempt))
+    raise ServiceUnavailable(
+        f"MLflow tracking server {settings.tracking_uri} unreachable after {retries} tries: {last}"
+    )
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    """Create the experiment on first use with its artifacts under the lakehouse (never ./mlruns)."""
+    import mlflow
+
+    full = settings.experiment(name)
+    exp = mlflow.get_experiment_by_name(full)
+    if exp is not None:
+        return exp.experiment_id
+    location = settings.mlflow_artifacts.as_uri() + f"/{full}" if settings.mlflow.tracking_uri is None else None
+    return mlflow.create_experiment(full, artifact_location=location)
+
+
+def load_registered(settings: Settings, service: str, alias: str | None = None, version: int | None = None):
+    """(NativeModel, ModelVersion) from the registry by alias or version number: never from a local path."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    name = settings.registered_model(service)
+    try:
+        mv = client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        what = f"version {version}" if version else f"alias '{alias}'"
+        raise MissingUpstream(
+            f"no registered model {name} with {what}: run `taxi train --service {service} --until YYYY-MM` first"
+        ) from e
+    flavor = mv.tags.get("flavor")
+    uri = f"models:/{name}/{mv.version}"
+    booster = mlflow.xgboost.load_model(uri) if flavor == "xgboost" else mlflow.lightgbm.load_model(uri)
+    return NativeModel.from_booster(booster), mv
