@@ -92,7 +92,11 @@ def cmd_score(settings, args):
     from . import score
 
     return _with_spark(
-        settings, args, lambda s: score.run(s, settings, args.service, args.month, args.model_alias, args.model_version)
+        settings,
+        args,
+        lambda s: score.run(
+            s, settings, args.service, args.month, args.model_alias, args.model_version, args.skip_if_no_model
+        ),
     )
 
 
@@ -200,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         "'champion' alias only if it beats the current champion on the same validation month.",
     )
     p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
-    p.add_argument("--until", required=True, type=_month, help="last month of the window, YYYY-MM")
+    p.add_argument(
+        "--until",
+        required=True,
+        type=lambda v: v if v == "latest" else _month(v),
+        help="last month of the window, YYYY-MM, or 'latest' (the newest month in silver/features)",
+    )
     p.add_argument("--months", type=int, help="window length in months (default: train.months)")
     p.set_defaults(func=cmd_train)
 
@@ -214,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model-alias", help="registry alias to score with (default: score.model_alias)")
     which.add_argument("--model-version", type=int, help="registry version number to score with")
+    p.add_argument(
+        "--skip-if-no-model",
+        action="store_true",
+        help="exit 0 without scoring when the registry has no such model yet (first months of a backfill)",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("run-month", help="ingest -> validate -> features -> score for one month")

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import lakehouse
 from .config import Settings
+from .errors import MissingUpstream
 from .features import TARGET
 from .log import JobLog, spark_progress
 from .modeling import PREDICTION, load_registered, predict_minutes, regression_metrics, setup_mlflow
@@ -63,13 +64,19 @@ def to_output(predictions, service: str, month: str, model_name: str, model_vers
 
 
 def run(spark, settings: Settings, service: str, month: str, alias: str | None = None,
-        version: int | None = None) -> dict[str, Any]:  # fmt: skip
+        version: int | None = None, skip_if_no_model: bool = False) -> dict[str, Any]:  # fmt: skip
     check_service(service)
     check_month(month)
     log = JobLog("score", service, month)
     setup_mlflow(settings)
     alias = None if version else (alias or settings.score.model_alias)
-    model, mv = load_registered(settings, service, alias=alias, version=version)
+    try:
+        model, mv = load_registered(settings, service, alias=alias, version=version)
+    except MissingUpstream as e:
+        if not skip_if_no_model:
+            raise
+        log.warning("skipped: no model to score with", reason=str(e))
+        return {"skipped": True, "reason": str(e)}
     features_version = (
         lakehouse.current_version(spark, settings, lakehouse.FEATURES)
         if lakehouse.exists(settings, lakehouse.FEATURES)

@@ -98,6 +98,19 @@ def load_training_data(spark, settings: Settings, service: str, until: str, mont
     )
 
 
+def latest_feature_month(spark, settings: Settings, service: str) -> str:
+    """The newest month with features for ``service`` (what scheduled retraining trains up to)."""
+    row = (
+        lakehouse.read(spark, settings, lakehouse.FEATURES)
+        .where(lakehouse.partition_predicate(service))
+        .agg({"month": "max"})
+        .first()
+    )
+    if row is None or row[0] is None:
+        raise MissingUpstream(f"silver/features has no {service} months yet: run `taxi features` first")
+    return row[0]
+
+
 def assemble(df):
     """Model inputs as one vector column (nulls kept as NaN: both learners treat them as missing) + log label."""
     from pyspark.ml.feature import VectorAssembler
@@ -267,6 +280,8 @@ def log_native_model(mlflow, model: NativeModel, input_example):
 # ---------------------------------------------------------------------------------------------------------------
 def run(spark, settings: Settings, service: str, until: str, months: int | None = None) -> dict[str, Any]:
     check_service(service)
+    if until == "latest":
+        until = latest_feature_month(spark, settings, service)
     check_month(until)
     cfg = settings.train
     log = JobLog("train", service, until)

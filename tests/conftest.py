@@ -108,3 +108,37 @@ def trained_green(spark, settings, green_history):
     from jobs import train
 
     return train.run(spark, settings, "green", "2023-01", months=13)
+
+
+VOLATILE = {"ingested_at", "validation_run_id", "quarantined_at", "features_run_id", "scored_at", "scoring_run_id"}
+
+
+def table_checksum(path: str, service: str, month: str, exclude: set[str] = VOLATILE) -> tuple[int, str]:
+    """(rows, sha256 of the sorted rows) of one partition, read with delta-rs; run-specific columns left out."""
+    import hashlib
+
+    from deltalake import DeltaTable
+
+    df = DeltaTable(path).to_pandas(filters=[("service", "=", service), ("month", "=", month)])
+    df = df[[c for c in sorted(df.columns) if c not in exclude]]
+    df = df.sort_values("trip_id").reset_index(drop=True) if "trip_id" in df else df
+    return len(df), hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
+
+
+def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
+    """Environment for Airflow CLI subprocesses: own AIRFLOW_HOME (sqlite), project DAGs, local Spark, JARs."""
+    from jobs.config import load_settings
+    from jobs.spark import cached_jars
+
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+        "AIRFLOW_CONN_SPARK_DEFAULT": "spark://local%5B2%5D",
+        "AIRFLOW_VAR_TAXI_JARS": ",".join(cached_jars(load_settings()) or []),
+        "TAXI_LAKEHOUSE": str(lakehouse),
+    }

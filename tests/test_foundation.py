@@ -62,7 +62,9 @@ def test_env_overrides_and_overlay_file(tmp_path):
     )
     assert s.spark.master == "spark://10.0.0.1:7077"
     assert s.validation.max_failed_share == 0.2
-    assert s.train.xgboost["max_depth"] == 6 and s.train.xgboost["learning_rate"] == 0.1
+    defaults = load_settings(env={})
+    assert s.train.xgboost["max_depth"] == 6  # overridden key; its siblings keep the profile's values
+    assert s.train.xgboost["learning_rate"] == defaults.train.xgboost["learning_rate"]
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "16"
     assert s.tracking_uri == "http://mlflow:5000"
 
