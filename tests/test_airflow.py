@@ -49,12 +49,12 @@ def test_dag_files_do_no_heavy_imports_at_parse_time():
 def test_monthly_dag_wiring(dagbag):
     dag = dagbag.dags["taxi_monthly_green"]
     assert dag.catchup is True and dag.max_active_runs == 1
-    assert dag.timetable._expression == "0 0 1 * *"
+    assert "expression='0 0 1 * *'" in repr(dag.timetable)
     chain = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert chain == {"ingest": ["validate"], "validate": ["features"], "features": ["score"], "score": []}
     for t in dag.tasks:
         assert t.retries == 2 and t.retry_exponential_backoff and t.execution_timeout == timedelta(hours=1)
-        assert t.conn_id == "spark_default" and t.application.endswith("jobs/entrypoint.py")
+        assert t._conn_id == "spark_default" and t.application.endswith("jobs/entrypoint.py")
     assert dag.get_task("ingest").application_args == ["ingest", "--service", "green", "--month",
                                                        "{{ logical_date.strftime('%Y-%m') }}"]  # fmt: skip
     assert "--skip-if-no-model" in dag.get_task("score").application_args
@@ -66,7 +66,7 @@ def test_training_and_monitoring_dag_wiring(dagbag):
     assert "lakehouse://silver/features/green" in str(train.timetable)
     assert train.get_task("train").execution_timeout == timedelta(hours=3)
     mon = dagbag.dags["taxi_monitoring_green"]
-    assert mon.timetable._expression == "0 6 * * 1"
+    assert "expression='0 6 * * 1'" in repr(mon.timetable)
     assert sorted(mon.get_task("retrain_needed").downstream_task_ids) == ["no_retraining", "trigger_retraining"]
     assert mon.get_task("trigger_retraining").trigger_dag_id == "taxi_training_green"
 
