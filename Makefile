@@ -19,7 +19,7 @@ help:
 	@echo "make test         lint (ruff) then the test suite (pytest)"
 	@echo "make setup        create/refresh .venv and resolve the Spark JARs (the other targets do this)"
 	@echo "make bench        benchmarks at 0.25M/1M/3M rows;  make bench-quick: 0.25M rows"
-	@echo "make airflow      start Airflow locally (standalone) with the project's DAGs"
+	@echo "make airflow      start Airflow locally (airflow standalone) with the project's DAGs, on :8080"
 	@echo "make clean        remove the lakehouse and caches (keeps .venv and the JAR cache)"
 
 java:
@@ -29,7 +29,8 @@ java:
 $(STAMP): pyproject.toml | java
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip -q
+	$(BIN)/python -m pip install -q --upgrade pip uv==0.13.9
 	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
@@ -55,7 +56,13 @@ bench-quick: setup
 	$(BIN)/python bench/run.py --quick
 
 airflow: setup
-	$(BIN)/python -m jobs.airflow_local
+	@echo "Airflow UI: http://localhost:8080  login: admin, password: printed below by 'airflow standalone'"
+	@echo "            (and kept in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated)"
+	PATH="$(abspath $(BIN)):$$PATH" \
+	AIRFLOW__CORE__DAGS_FOLDER="$(abspath dags)" AIRFLOW__CORE__LOAD_EXAMPLES=false \
+	AIRFLOW_CONN_SPARK_DEFAULT='spark://local%5B2%5D' AIRFLOW_VAR_TAXI_JARS="$$($(BIN)/taxi jars)" \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=false \
+	$(BIN)/airflow standalone
 
 clean:
 	rm -rf lakehouse spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

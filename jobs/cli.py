@@ -122,6 +122,16 @@ def cmd_monitor(settings, args):
     return _with_spark(settings, args, lambda s: monitor.run(s, settings, args.service, args.week, args.exit_code))
 
 
+def cmd_cluster(settings, args):
+    from . import cluster
+
+    if args.action == "start":
+        return cluster.start(args.workers, args.cores, args.memory)
+    if args.action == "stop":
+        return cluster.stop()
+    return {"running": cluster.pids()}
+
+
 def cmd_jars(settings, args):
     from .spark import ensure_jars
 
@@ -254,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output parquet path (default: <lakehouse>/synth/<service>_tripdata_<month>.parquet)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "cluster",
+        help="start/stop a local Spark standalone cluster (master + workers) from the installed pyspark",
+        description="Starts spark://127.0.0.1:7077 with N workers as background processes (logs and pid files "
+        "in .cache/cluster). Point jobs at it with TAXI__SPARK__MASTER=spark://127.0.0.1:7077.",
+    )
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    p.add_argument("--cores", type=int, default=1, help="cores per worker (default 1)")
+    p.add_argument("--memory", default="2g", help="memory per worker (default 2g)")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("jars", help="resolve the Delta/SynapseML JARs into the cache and print them (for --jars)")
     p.set_defaults(func=cmd_jars)

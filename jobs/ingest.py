@@ -76,6 +76,7 @@ def normalise(raw, service: str, month: str, source_file: str, checksum: str, in
         "trip_id",
         *[n for n, _ in TRIP_COLUMNS],
         "cast_errors",
+        "duplicate_rank",
         F.lit(source_file).alias("source_file"),
         F.lit(checksum).alias("source_checksum"),
         F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
@@ -105,7 +106,8 @@ def add_trip_id(df, service: str, month: str):
             "trip_id",
             F.substring(F.sha2(F.concat_ws("|", F.lit(service), F.lit(month), "_content", "_dup"), 256), 1, 32),
         )
-        .drop("_content", "_dup")
+        .withColumnRenamed("_dup", "duplicate_rank")
+        .drop("_content")
     )
 
 

@@ -134,8 +134,13 @@ def full_metrics(predictions) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------
 def setup_mlflow(settings: Settings, retries: int = 3, backoff_s: float = 2.0):
     """Point MLflow at the configured store; fail clearly after bounded retries if it cannot be reached."""
+    import os
+
     import mlflow
 
+    # Bound MLflow's own HTTP retries (its default backs off for minutes) so an outage fails fast and clearly.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if settings.mlflow.tracking_uri is None:  # the embedded sqlite store and its artifacts live in the lakehouse
         settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)

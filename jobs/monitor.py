@@ -358,6 +358,7 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
     (out_dir / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
 
     exp = experiment_id(settings, f"monitor-{service}")
+    mlflow.set_experiment(experiment_id=exp)
     with mlflow.start_run(experiment_id=exp, run_name=f"{service}-{week}") as mrun:
         mlflow.log_params({"service": service, "week": week, "reference_months": ",".join(ref_months),
                            "model_version": mv.version, "current_rows": n_current})  # fmt: skip

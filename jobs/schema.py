@@ -36,6 +36,7 @@ TRIP_TYPES = dict(TRIP_COLUMNS)
 # Metadata columns ingest adds to every row.
 META_COLUMNS: list[tuple[str, str]] = [
     ("cast_errors", "array<string>"),
+    ("duplicate_rank", "int"),  # 1 for the first copy of a row in its file, 2.. for exact duplicates
     ("source_file", "string"),
     ("source_checksum", "string"),
     ("ingested_at", "timestamp"),

@@ -132,11 +132,17 @@ def fit_xgboost(train_vec, params: dict[str, Any], num_workers: int, seed: int, 
         num_workers=num_workers,
         missing=float("nan"),
         random_state=seed,
-        xgb_model=init.booster() if init else None,
+        xgb_model=_unnamed(init.booster()) if init else None,
         **params,
     )
     booster = est.fit(train_vec).get_booster()
     booster.feature_names = list(MODEL_FEATURES)
+    return booster
+
+
+def _unnamed(booster):
+    """xgboost.spark trains on unnamed vector columns: drop the stored names before continuing a booster."""
+    booster.feature_names = None
     return booster
 
 
@@ -304,6 +310,7 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
     except MissingUpstream:
         champion, champion_mv = None, None
     exp = experiment_id(settings, f"train-{service}")
+    mlflow.set_experiment(experiment_id=exp)  # nested candidate runs go to the same experiment as their parent
     candidates: list[Candidate] = []
     train_vec = assemble(train).cache()
     sample = None

@@ -38,6 +38,7 @@ def _pandas_rule_counts(path, month: str, service: str) -> dict[str, int]:
         "DOLocationID_not_null": int(raw["DOLocationID"].isna().sum()),
         "trip_distance_not_null": int(raw["trip_distance"].isna().sum()),
         "values_parse": 0,
+        "not_a_duplicate": int(raw.duplicated().sum()),
         "pickup_in_month": int((pu.dt.strftime("%Y-%m") != month).sum()),
         "dropoff_after_pickup": int((do <= pu).sum()),
         "duration_max": int((dur > 24 * 60).sum()),
@@ -76,7 +77,7 @@ def test_gx_rule_counts_equal_an_independent_pandas_count(settings, validated_gr
     # The real file is messy: these rules do fire.
     assert expected["pickup_in_month"] > 0 and expected["dropoff_after_pickup"] > 0
     assert expected["fare_amount_range"] > 100 and expected["trip_distance_range"] > 0
-    assert run["verdict"] == "passed" and dict(run["suite_versions"])["green_rows"] == "1.0.0"
+    assert run["verdict"] == "passed" and dict(run["suite_versions"])["green_rows"] == "1.1.0"
 
 
 @pytest.mark.parametrize(

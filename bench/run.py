@@ -1,0 +1,329 @@
+"""Benchmarks: cost of every stage at scale, as ratios against bare baselines measured in the same run.
+
+    python bench/run.py --quick        # 0.25M rows (< 5 minutes on 2 cores)
+    python bench/run.py                # 0.25M, 1M and 3M rows
+
+Synthetic yellow months come from `taxi synth` (a smoothed bootstrap of the real shipped months). Everything runs
+in one local Spark session with the project's own job code, in a throwaway lakehouse under
+<lakehouse>/bench-work; results go to <lakehouse>/reports/bench/bench-<timestamp>.{json,md} and stdout.
+No wall-clock number is asserted anywhere: the JSON's ratio keys are what scripts compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+TRAIN_MONTH = "2024-01"
+BENCH_MONTHS = {250_000: "2024-02", 1_000_000: "2024-03", 3_000_000: "2024-04"}
+ROUNDS = 100  # boosting rounds for the training comparison (same for both sides)
+
+
+class PeakMemory:
+    """Peak RSS of this process and its children (the Spark driver JVM, which holds the local executors)."""
+
+    def __init__(self, every_s: float = 0.5):
+        import psutil
+
+        self.proc, self.every_s, self.peak, self._stop = psutil.Process(), every_s, 0, threading.Event()
+
+    def _rss(self) -> int:
+        total = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:
+                pass
+        return total
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    with PeakMemory() as mem:
+        out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t, mem.peak_mib
+
+
+def bench_settings(work: Path):
+    from jobs.config import load_settings
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "TAXI_LAKEHOUSE": str(work),
+            "TAXI__SPARK__MASTER": "local[2]",
+            "TAXI__SPARK__CONF__spark.driver.memory": "8g",
+            "TAXI__SPARK__CONF__spark.ui.enabled": "false",
+            "TAXI__TRAIN__XGBOOST__n_estimators": str(ROUNDS),
+            "TAXI__TRAIN__LIGHTGBM__numIterations": str(ROUNDS),
+            "TAXI__TRAIN__REFIT": "false",
+            "TAXI__TRAIN__WARM_START": "false",
+        }
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return load_settings(env=env)
+
+
+def run_pipeline(spark, settings, month: str, source: str) -> dict:
+    from jobs import features, ingest, validate
+
+    stages = {}
+    for name, fn, args in (
+        ("ingest", ingest.run, (spark, settings, "yellow", month, source)),
+        ("validate", validate.run, (spark, settings, "yellow", month)),
+        ("features", features.run, (spark, settings, "yellow", month)),
+    ):
+        _, seconds, mem = timed(fn, *args)
+        stages[name] = {"seconds": round(seconds, 2), "peak_mib": mem}
+    return stages
+
+
+def plain_filter_seconds(spark, settings, month: str) -> float:
+    """The same row rules as one plain Spark aggregation (no GX): the baseline for validation cost."""
+    from jobs import lakehouse, validate
+
+    bronze = lakehouse.read_partition(spark, settings, lakehouse.BRONZE, "yellow", month)
+    suite = validate.Suite.load("yellow", "rows")
+    t = time.perf_counter()
+    checked = validate.flag_failures(validate.add_rule_columns(bronze), suite, validate.row_params(settings, month))
+    validate._rule_counts(checked, suite)
+    return time.perf_counter() - t
+
+
+def scoring_vs_bare(spark, settings, month: str) -> dict:
+    """Spark scoring (Arrow batches + in-place predict) vs bare Booster.inplace_predict on the same rows/cores."""
+    import numpy as np
+
+    from jobs import lakehouse, score
+    from jobs.features import MODEL_FEATURES
+    from jobs.modeling import feature_matrix, load_registered, predict_minutes
+
+    model, _ = load_registered(settings, "yellow", alias="champion")
+    feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "yellow", month)
+    rows = feats.count()
+    # 1) the whole score job: read Delta, predict, write Delta, read back for the summary.
+    _, job_s, job_mem = timed(score.run, spark, settings, "yellow", month)
+    # 2) the prediction pass alone, on Spark (read + predict, written to the no-op sink).
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score.batch_size))
+    t = time.perf_counter()
+    predict_minutes(feats, model, ["trip_id"]).write.format("noop").mode("overwrite").save()
+    predict_s = time.perf_counter() - t
+    # 3) bare: the same rows as one matrix in this process, predicted with 2 threads (the 2 task slots).
+    matrix = feature_matrix(feats.select(*MODEL_FEATURES).toPandas())
+    booster = model.booster()
+    if model.flavor == "xgboost":
+        booster.set_param({"nthread": 2})
+    t = time.perf_counter()
+    if model.flavor == "xgboost":
+        np.expm1(booster.inplace_predict(matrix))
+    else:
+        np.expm1(booster.predict(matrix, num_threads=2))
+    bare_s = time.perf_counter() - t
+    return {
+        "rows": rows,
+        "flavor": model.flavor,
+        "score_job_seconds": round(job_s, 2),
+        "score_job_peak_mib": job_mem,
+        "spark_predict_seconds": round(predict_s, 2),
+        "bare_predict_seconds": round(bare_s, 3),
+        "score_job_rows_per_s": round(rows / job_s),
+        "spark_predict_rows_per_s": round(rows / predict_s),
+        "bare_predict_rows_per_s": round(rows / bare_s),
+    }
+
+
+def training_vs_single(spark, settings) -> dict:
+    """Distributed fit (2 barrier workers) vs single-process xgboost/lightgbm with 2 threads, same data/params."""
+    import lightgbm as lgb
+    import numpy as np
+    import xgboost as xgb
+
+    from jobs import train
+    from jobs.features import MODEL_FEATURES, TARGET
+
+    data = train.load_training_data(spark, settings, "yellow", BENCH_MONTHS[250_000], 2)
+    train_df = data.train.cache()
+    rows = train_df.count()
+    vec = train.assemble(train_df).cache()
+    vec.count()
+    pdf = train_df.select(*MODEL_FEATURES, TARGET).toPandas()
+    x = pdf[MODEL_FEATURES].astype("float64").to_numpy(np.float32, na_value=np.nan)
+    y = np.log1p(pdf[TARGET].to_numpy())
+    xp, lp = settings.train.xgboost, settings.train.lightgbm
+    out = {"rows": rows}
+
+    _, s, mem = timed(train.fit_xgboost, vec, dict(xp), 2, 42)
+    out["xgb_spark_seconds"], out["xgb_spark_peak_mib"] = round(s, 2), mem
+    params = {"max_depth": xp["max_depth"], "eta": xp["learning_rate"], "min_child_weight": xp["min_child_weight"],
+              "subsample": xp["subsample"], "colsample_bytree": xp["colsample_bytree"], "nthread": 2}  # fmt: skip
+    _, s, mem = timed(lambda: xgb.train(params, xgb.DMatrix(x, label=y, missing=np.nan), xp["n_estimators"]))
+    out["xgb_single_seconds"], out["xgb_single_peak_mib"] = round(s, 2), mem
+
+    _, s, mem = timed(train.fit_lightgbm, vec, dict(lp), 2, 42)
+    out["lgbm_spark_seconds"], out["lgbm_spark_peak_mib"] = round(s, 2), mem
+    lparams = {"num_leaves": lp["numLeaves"], "learning_rate": lp["learningRate"],
+               "min_data_in_leaf": lp["minDataInLeaf"], "feature_fraction": lp["featureFraction"],
+               "bagging_fraction": lp["baggingFraction"], "bagging_freq": lp["baggingFreq"], "num_threads": 2,
+               "verbosity": -1, "objective": "regression"}  # fmt: skip
+    _, s, mem = timed(lambda: lgb.train(lparams, lgb.Dataset(x, label=y), lp["numIterations"]))
+    out["lgbm_single_seconds"], out["lgbm_single_peak_mib"] = round(s, 2), mem
+    vec.unpersist()
+    train_df.unpersist()
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="0.25M rows only")
+    parser.add_argument("--sizes", help="comma-separated row counts (default: 250000,1000000,3000000)")
+    args = parser.parse_args(argv)
+    sizes = [250_000] if args.quick else [int(s) for s in (args.sizes or "250000,1000000,3000000").split(",")]
+
+    from jobs import synth, train
+    from jobs.config import load_settings
+    from jobs.log import setup_logging
+    from jobs.spark import get_spark
+
+    setup_logging("WARNING")
+    base = load_settings()
+    work = base.lakehouse / "bench-work"
+    shutil.rmtree(work, ignore_errors=True)
+    settings = bench_settings(work)
+    spark = get_spark(settings, app_name="taxi-bench")
+    started = time.perf_counter()
+    result: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "rounds": ROUNDS,
+        "sizes": {},
+    }
+    print(f"benchmarks: sizes {sizes}, {os.cpu_count()} CPUs, work dir {work}", flush=True)
+
+    def synth_month(month, rows):
+        out = work / "synth" / f"yellow_tripdata_{month}.parquet"
+        _, s, _ = timed(synth.run, settings, "yellow", month, rows, str(out), 7)
+        print(f"  synth {month}: {rows} rows in {s:.1f}s", flush=True)
+        return str(out)
+
+    # Training month + first benchmark month, then a champion to score with.
+    run_pipeline(spark, settings, TRAIN_MONTH, synth_month(TRAIN_MONTH, 250_000))
+    for rows in sizes:
+        month = BENCH_MONTHS.get(rows) or f"2024-{5 + sizes.index(rows):02d}"
+        stages = run_pipeline(spark, settings, month, synth_month(month, rows))
+        if "champion_version" not in result:
+            trained, s, mem = timed(train.run, spark, settings, "yellow", BENCH_MONTHS[250_000], 2)
+            result["train_job"] = {"seconds": round(s, 2), "peak_mib": mem, "best": trained["best_candidate"],
+                                   "best_rmse": trained["best_rmse"]}  # fmt: skip
+            result["champion_version"] = trained["champion_version"]
+        scoring = scoring_vs_bare(spark, settings, month)
+        stages["score"] = {"seconds": scoring["score_job_seconds"], "peak_mib": scoring["score_job_peak_mib"]}
+        filter_s = plain_filter_seconds(spark, settings, month)
+        total = sum(v["seconds"] for v in stages.values())
+        for v in stages.values():
+            v["rows_per_s"] = round(rows / v["seconds"])
+        result["sizes"][str(rows)] = {
+            "stages": stages,
+            "pipeline_seconds": round(total, 2),
+            "scoring": scoring,
+            "plain_filter_seconds": round(filter_s, 2),
+            "validation_vs_plain_filter_ratio": round(stages["validate"]["seconds"] / filter_s, 2),
+            "validation_share_of_pipeline": round(stages["validate"]["seconds"] / total, 3),
+        }
+        print(f"  {rows} rows: " + ", ".join(f"{k} {v['seconds']}s" for k, v in stages.items()), flush=True)
+
+    result["training"] = training_vs_single(spark, settings)
+    t = result["training"]
+    last = result["sizes"][str(sizes[-1])]
+    result.update(
+        {
+            "scoring_vs_bare_predict_ratio": round(
+                last["scoring"]["score_job_rows_per_s"] / last["scoring"]["bare_predict_rows_per_s"], 3
+            ),
+            "spark_predict_vs_bare_predict_ratio": round(
+                last["scoring"]["spark_predict_rows_per_s"] / last["scoring"]["bare_predict_rows_per_s"], 3
+            ),
+            "train_xgb_spark_vs_single_ratio": round(t["xgb_spark_seconds"] / t["xgb_single_seconds"], 2),
+            "train_lgbm_spark_vs_single_ratio": round(t["lgbm_spark_seconds"] / t["lgbm_single_seconds"], 2),
+            "validation_share_of_pipeline": last["validation_share_of_pipeline"],
+            "validation_vs_plain_filter_ratio": last["validation_vs_plain_filter_ratio"],
+            "rows_4x_time_ratio": (
+                round(result["sizes"]["1000000"]["pipeline_seconds"] / result["sizes"]["250000"]["pipeline_seconds"], 2)
+                if {"250000", "1000000"} <= set(result["sizes"])
+                else None
+            ),
+            "total_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    spark.stop()
+    out_dir = base.reports_dir / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(result, indent=1))
+    md = markdown(result)
+    (out_dir / f"bench-{stamp}.md").write_text(md)
+    print(md)
+    print(f"written: {out_dir}/bench-{stamp}.json")
+    return 0
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        f"## Benchmarks ({r['machine']['cpus']} CPUs, {r['machine']['platform']}, {r['started_at']})",
+        "",
+        "| rows | stage | seconds | rows/s | peak MiB |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for rows, s in r["sizes"].items():
+        for name, v in s["stages"].items():
+            lines.append(f"| {int(rows):,} | {name} | {v['seconds']} | {v['rows_per_s']:,} | {v['peak_mib']} |")
+        lines.append(f"| {int(rows):,} | **pipeline** | {s['pipeline_seconds']} | | |")
+    t = r["training"]
+    lines += [
+        "",
+        "| measure | value | target |",
+        "|---|---:|---|",
+        f"| scoring job rows/s ÷ bare inplace_predict rows/s | {r['scoring_vs_bare_predict_ratio']} | ≥ 0.5 |",
+        f"| Spark predict pass rows/s ÷ bare | {r['spark_predict_vs_bare_predict_ratio']} | |",
+        f"| XGBoost on Spark ÷ single-process time ({t['rows']:,} rows, {r['rounds']} rounds) | "
+        f"{r['train_xgb_spark_vs_single_ratio']} | ≤ 1.5 |",
+        f"| LightGBM on SynapseML ÷ single-process time | {r['train_lgbm_spark_vs_single_ratio']} | ≤ 1.5 |",
+        f"| validation share of the pipeline | {r['validation_share_of_pipeline']} | ≤ 0.25 |",
+        f"| GX validation ÷ plain Spark filter (same rules) | {r['validation_vs_plain_filter_ratio']} | |",
+        f"| pipeline time at 4× rows (1M ÷ 0.25M) | {r['rows_4x_time_ratio']} | ≤ 4.4 |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

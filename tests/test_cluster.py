@@ -1,0 +1,72 @@
+"""A real Spark standalone cluster (master + 2 workers on loopback): same tables as local mode; a worker lost
+mid-job does not change the result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import cluster, lakehouse
+
+from .conftest import table_checksum
+
+MASTER = "spark://127.0.0.1:7077"
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    cluster.stop()
+    info = cluster.start(workers=2, cores=1, memory="2g")
+    yield info
+    cluster.stop()
+
+
+def _taxi(lakehouse_dir: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TAXI_LAKEHOUSE": str(lakehouse_dir),
+        "TAXI__SPARK__MASTER": MASTER,
+        "TAXI__SPARK__CONF__spark.executor.memory": "1g",
+        "TAXI__SPARK__CONF__spark.driver.memory": "2g",
+    }
+    return subprocess.Popen([str(Path(sys.executable).parent / "taxi"), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # fmt: skip
+
+
+def _ok(proc: subprocess.Popen, timeout: int = 900) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+@pytest.fixture(scope="module")
+def cluster_month(standalone, tmp_path_factory, features_green):
+    lake = tmp_path_factory.mktemp("cluster-lakehouse")
+    _ok(_taxi(lake, "run-month", "--service", "green", "--month", "2023-01", "--skip-score"))
+    return lake
+
+
+def test_cluster_pipeline_matches_local_mode(settings, cluster_month, features_green):
+    for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES):
+        on_cluster = table_checksum(str(cluster_month / table.relpath), "green", "2023-01")
+        local = table_checksum(table.path(settings), "green", "2023-01")
+        assert on_cluster == local, table.relpath
+        assert on_cluster[0] > 60000
+
+
+def test_job_survives_losing_a_worker(cluster_month):
+    before = table_checksum(str(cluster_month / lakehouse.FEATURES.relpath), "green", "2023-01")
+    proc = _taxi(cluster_month, "features", "--service", "green", "--month", "2023-01",
+                 "--log-level", "INFO")  # fmt: skip
+    time.sleep(12)  # the driver is up and the job's first stages run on both executors
+    assert proc.poll() is None, "job finished before the worker could be killed: make the test job longer"
+    cluster.kill("worker-1", signal.SIGKILL)  # the worker and its executor die without notice
+    err = _ok(proc)
+    assert "done rows=" in err
+    assert table_checksum(str(cluster_month / lakehouse.FEATURES.relpath), "green", "2023-01") == before
