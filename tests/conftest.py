@@ -110,7 +110,11 @@ def trained_green(spark, settings, green_history):
     return train.run(spark, settings, "green", "2023-01", months=13)
 
 
-VOLATILE = {"ingested_at", "validation_run_id", "quarantined_at", "features_run_id", "scored_at", "scoring_run_id"}
+# Run-specific columns: when and by which run a row was written, and the upstream table version it read.
+VOLATILE = {
+    "ingested_at", "validation_run_id", "quarantined_at", "features_run_id", "scored_at", "scoring_run_id",
+    "features_version",
+}  # fmt: skip
 
 
 def table_checksum(path: str, service: str, month: str, exclude: set[str] = VOLATILE) -> tuple[int, str]:
