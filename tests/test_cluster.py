@@ -60,11 +60,24 @@ def test_cluster_pipeline_matches_local_mode(settings, cluster_month, features_g
     assert table_checksum(str(cluster_month / lakehouse.BRONZE.relpath), "green", "2023-01")[0] == 68211
 
 
+def _cores_in_use() -> int:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:18080/json/", timeout=2) as r:
+        return sum(app.get("cores", 0) for app in json.load(r).get("activeapps", []))
+
+
 def test_job_survives_losing_a_worker(cluster_month):
     before = table_checksum(str(cluster_month / lakehouse.FEATURES.relpath), "green", "2023-01")
     proc = _taxi(cluster_month, "features", "--service", "green", "--month", "2023-01")
-    time.sleep(12)  # the driver is up and the job's first stages run on both executors
-    assert proc.poll() is None, "job finished before the worker could be killed: make the test job longer"
+    deadline = time.monotonic() + 120
+    while _cores_in_use() < 2:  # wait until the job holds an executor on each worker
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the job never got executors on both workers"
+        time.sleep(0.5)
+    time.sleep(2)
+    assert proc.poll() is None, "job finished before the worker could be killed"
     cluster.kill("worker-1", signal.SIGKILL)  # the worker and its executor die without notice
     err = _ok(proc)
     assert "done rows=" in err
