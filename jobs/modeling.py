@@ -61,10 +61,11 @@ def predict_log(booster, flavor: str, matrix):
     return booster.predict(matrix, num_threads=1)
 
 
-def predict_minutes(df, model: NativeModel, keep: list[str]):
+def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = False):
     """Spark DataFrame with MODEL_FEATURES -> ``keep`` columns + ``predicted_duration_min``, in Arrow batches.
 
     One booster per Python worker (built on its first batch), predicting whole batches in place: no per-row UDF.
+    ``log_scale`` returns the raw log1p-scale prediction instead (the margin a continued booster starts from).
     """
     import numpy as np
     from pyspark.sql import functions as F
@@ -76,9 +77,9 @@ def predict_minutes(df, model: NativeModel, keep: list[str]):
     def predict_batches(batches):
         booster = NativeModel(flavor, payload).booster()
         for pdf in batches:
-            pred = np.expm1(predict_log(booster, flavor, feature_matrix(pdf))).astype("float64")
+            raw = np.asarray(predict_log(booster, flavor, feature_matrix(pdf)), dtype="float64")
             out = pdf[keep].copy()
-            out[PREDICTION] = np.clip(pred, 0.0, None)
+            out[PREDICTION] = raw if log_scale else np.clip(np.expm1(raw), 0.0, None)
             yield out
 
     cols = list(dict.fromkeys([*keep, *MODEL_FEATURES]))

@@ -111,12 +111,14 @@ def latest_feature_month(spark, settings: Settings, service: str) -> str:
     return row[0]
 
 
-def assemble(df):
+def assemble(df, extra: tuple[str, ...] = ()):
     """Model inputs as one vector column (nulls kept as NaN: both learners treat them as missing) + log label."""
     from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as F
 
-    cast = df.select(*[F.col(c).cast("double").alias(c) for c in MODEL_FEATURES], F.log1p(TARGET).alias("label"))
+    cast = df.select(
+        *[F.col(c).cast("double").alias(c) for c in MODEL_FEATURES], F.log1p(TARGET).alias("label"), *extra
+    )
     return VectorAssembler(inputCols=MODEL_FEATURES, outputCol="features", handleInvalid="keep").transform(cast)
 
 
@@ -161,8 +163,19 @@ def fit_lightgbm(train_vec, params: dict[str, Any], num_workers: int, seed: int,
         **params,
     )
     if init is not None:
-        est = est.setModelString(init.payload)
+        # Continue the champion: its trees are kept (modelString) and the new trees fit what it leaves unexplained,
+        # starting from its log-scale predictions (initScoreCol); without them LightGBM would boost from the mean
+        # and the merged model would count the target twice.
+        est = est.setModelString(init.payload).setInitScoreCol("init_score")
     return lgb.Booster(model_str=est.fit(train_vec).getNativeModel())
+
+
+def with_init_score(df, init: NativeModel):
+    """Assembled training data plus ``init_score``: the champion's log-scale prediction for each row."""
+    from .modeling import PREDICTION
+
+    scored = predict_minutes(df, init, [*MODEL_FEATURES, TARGET], log_scale=True)
+    return assemble(scored.withColumnRenamed(PREDICTION, "init_score"), extra=("init_score",))
 
 
 def barrier_tasks(spark, group: str) -> int:
@@ -374,7 +387,8 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
             group = f"train-{learner}-{'warm' if init else 'scratch'}-{parent.info.run_id[:8]}"
             spark.sparkContext.setJobGroup(group, group)
             t = time.monotonic()
-            booster = fit(train_vec, dict(params), workers, cfg.seed, init)
+            data_vec = train_vec if init is None or learner == "xgboost" else with_init_score(train, init)
+            booster = fit(data_vec, dict(params), workers, cfg.seed, init)
             seconds = time.monotonic() - t
             spark.sparkContext.setJobGroup("", "")
             model = NativeModel.from_booster(booster)
@@ -421,8 +435,10 @@ def refit(spark, mlflow, settings: Settings, best: Candidate, train, valid, work
     cfg = settings.train
     fit = fit_xgboost if best.learner == "xgboost" else fit_lightgbm
     t = time.monotonic()
-    booster = fit(assemble(train.unionByName(valid)), dict(best.params), workers, cfg.seed,
-                  champion if best.warm_start else None)  # fmt: skip
+    both = train.unionByName(valid)
+    init = champion if best.warm_start else None
+    data = with_init_score(both, init) if init is not None and best.learner == "lightgbm" else assemble(both)
+    booster = fit(data, dict(best.params), workers, cfg.seed, init)
     seconds = time.monotonic() - t
     model = NativeModel.from_booster(booster)
     with mlflow.start_run(run_name=f"{best.name}-refit", nested=True) as child:

@@ -108,6 +108,9 @@ def test_warm_start_continues_the_champion_and_the_gate_chooses(spark, settings,
     second = train.run(spark, s, "green", "2023-01", months=13)
     warm_name = f"{first['best_candidate'].split('-')[0]}-warm-start"
     assert warm_name in second["candidates"]
+    # Continuing the champion must start from its predictions: the warm model is at least as good as a scratch one.
+    scratch = min(v for k, v in second["candidates"].items() if k.endswith("-scratch"))
+    assert second["candidates"][warm_name] < scratch * 1.1
     runs = _runs(settings, second["run_id"])
     assert runs[warm_name]["tags.warm_start"] == "True"
     # Continued boosting: the warm model holds the champion's trees plus the new rounds.
