@@ -144,19 +144,19 @@ def setup_mlflow(settings: Settings, retries: int = 3, backoff_s: float = 2.0):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if settings.mlflow.tracking_uri is None:  # the embedded sqlite store and its artifacts live in the lakehouse
         settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    uri = settings.tracking_uri
     last: Exception | None = None
     for attempt in range(retries):
         try:
-            mlflow.MlflowClient().search_experiments(max_results=1)
+            # Probe with a private client: global MLflow state changes only once the store answers.
+            mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
             return mlflow
         except Exception as e:  # connection refused, DNS, 5xx...
             last = e
             time.sleep(backoff_s * (2**attempt))
-    raise ServiceUnavailable(
-        f"MLflow tracking server {settings.tracking_uri} unreachable after {retries} tries: {last}"
-    )
+    raise ServiceUnavailable(f"MLflow tracking server {uri} unreachable after {retries} tries: {last}")
 
 
 def experiment_id(settings: Settings, name: str) -> str:
