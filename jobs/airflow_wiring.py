@@ -5,11 +5,16 @@ light. It lives in the installed package so every Airflow component can import i
 Deployment knobs come from Airflow itself: the `spark_default` connection (AIRFLOW_CONN_SPARK_DEFAULT, e.g.
 `spark://local%5B2%5D` or `spark://spark-master:7077`), and the variables `taxi_jars` (comma-separated Delta and
 SynapseML JARs: the output of `taxi jars`) and `taxi_py_files` (the zipped `jobs` package, for clusters).
+The monthly DAGs' date range comes from the environment of the Airflow components, read at parse time:
+TAXI_DAG_START_DATE (default 2022-01-01: the first shipped month), TAXI_DAG_END_DATE (default: none) and
+TAXI_DAG_CATCHUP (default true). A deployment that only reprocesses history sets an end date, so that
+unpausing the DAG for a backfill schedules nothing beyond what the backfill asks for.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -21,6 +26,16 @@ SERVICES = ("green", "yellow")
 # run on Monday reports on the ISO week that just ended.
 MONTH = "{{ logical_date.strftime('%Y-%m') }}"
 ISO_WEEK = "{{ (logical_date - macros.timedelta(days=7)).strftime('%G-W%V') }}"
+
+
+def _env_date(name: str, default: str | None) -> datetime | None:
+    value = os.environ.get(name, default)
+    return datetime.strptime(value, "%Y-%m-%d") if value else None
+
+
+MONTHLY_START = _env_date("TAXI_DAG_START_DATE", "2022-01-01")
+MONTHLY_END = _env_date("TAXI_DAG_END_DATE", None)
+MONTHLY_CATCHUP = os.environ.get("TAXI_DAG_CATCHUP", "true").strip().lower() in ("1", "true", "yes")
 
 DEFAULT_ARGS = {
     "owner": "taxi",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -80,6 +80,8 @@ class ValidationConfig(_Section):
     max_passenger_count: int = Field(9, gt=0)
     max_fare_amount: float = 1000
     min_fare_amount: float = 0
+    result_format: Literal["BASIC", "SUMMARY", "COMPLETE"] = "BASIC"
+    partial_unexpected_count: int = Field(5, ge=0)
 
 
 class FeaturesConfig(_Section):

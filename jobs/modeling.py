@@ -61,13 +61,28 @@ def predict_log(booster, flavor: str, matrix):
     return booster.predict(matrix, num_threads=1)
 
 
+def arrow_feature_matrix(batch):
+    """Arrow record batch -> C-ordered float32 matrix in MODEL_FEATURES order, nulls as NaN (no pandas round trip)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    matrix = np.empty((batch.num_rows, len(MODEL_FEATURES)), dtype=np.float32)
+    for j, name in enumerate(MODEL_FEATURES):
+        column = pc.cast(batch.column(name), pa.float32())  # nulls stay nulls; to_numpy turns them into NaN
+        matrix[:, j] = column.to_numpy(zero_copy_only=False)
+    return matrix
+
+
 def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = False):
     """Spark DataFrame with MODEL_FEATURES -> ``keep`` columns + ``predicted_duration_min``, in Arrow batches.
 
-    One booster per Python worker (built on its first batch), predicting whole batches in place: no per-row UDF.
+    One booster per Python worker (built on its first batch), predicting whole Arrow batches in place: no per-row
+    UDF and no pandas conversion; the ``keep`` columns pass through the Python worker untouched (zero copy).
     ``log_scale`` returns the raw log1p-scale prediction instead (the margin a continued booster starts from).
     """
     import numpy as np
+    import pyarrow as pa
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -76,29 +91,40 @@ def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = F
 
     def predict_batches(batches):
         booster = NativeModel(flavor, payload).booster()
-        for pdf in batches:
-            raw = np.asarray(predict_log(booster, flavor, feature_matrix(pdf)), dtype="float64")
-            out = pdf[keep].copy()
-            out[PREDICTION] = raw if log_scale else np.clip(np.expm1(raw), 0.0, None)
-            yield out
+        for batch in batches:
+            raw = np.asarray(predict_log(booster, flavor, arrow_feature_matrix(batch)), dtype="float64")
+            minutes = raw if log_scale else np.clip(np.expm1(raw), 0.0, None)
+            columns = [batch.column(c) for c in keep] + [pa.array(minutes, type=pa.float64())]
+            yield pa.RecordBatch.from_arrays(columns, names=[*keep, PREDICTION])
 
     cols = list(dict.fromkeys([*keep, *MODEL_FEATURES]))
-    return df.select(*[F.col(c) for c in cols]).mapInPandas(predict_batches, out_schema)
+    return df.select(*[F.col(c) for c in cols]).mapInArrow(predict_batches, out_schema)
+
+
+def metric_exprs(pred: str = PREDICTION, label: str = TARGET, where=None, prefix: str = "") -> list:
+    """Aggregate expressions for RMSE, MAE, RMSLE (minutes), bias and n, optionally over the rows where ``where``.
+
+    Plain aggregates, so they work in ``agg`` and in ``DataFrame.observe`` (computed during a write, no extra pass).
+    """
+    from pyspark.sql import functions as F
+
+    def only(e):
+        return e if where is None else F.when(where, e)
+
+    err = F.col(pred) - F.col(label)
+    log_err = F.log1p(F.greatest(F.col(pred), F.lit(0.0))) - F.log1p(F.col(label))
+    return [
+        F.sqrt(F.avg(only(err * err))).alias(f"{prefix}rmse"),
+        F.avg(only(F.abs(err))).alias(f"{prefix}mae"),
+        F.sqrt(F.avg(only(log_err * log_err))).alias(f"{prefix}rmsle"),
+        F.avg(only(err)).alias(f"{prefix}bias"),
+        F.count(only(F.lit(1))).alias(f"{prefix}n"),
+    ]
 
 
 def regression_metrics(df, pred: str = PREDICTION, label: str = TARGET, by: str | None = None) -> dict[str, float]:
     """RMSE, MAE, RMSLE (minutes) and bias, overall or per group of ``by``; computed in Spark."""
-    from pyspark.sql import functions as F
-
-    err = F.col(pred) - F.col(label)
-    log_err = F.log1p(F.greatest(F.col(pred), F.lit(0.0))) - F.log1p(F.col(label))
-    aggs = [
-        F.sqrt(F.avg(err * err)).alias("rmse"),
-        F.avg(F.abs(err)).alias("mae"),
-        F.sqrt(F.avg(log_err * log_err)).alias("rmsle"),
-        F.avg(err).alias("bias"),
-        F.count(F.lit(1)).alias("n"),
-    ]
+    aggs = metric_exprs(pred, label)
     if by is None:
         row = df.agg(*aggs).first().asDict()
         return {k: float(v) for k, v in row.items() if v is not None}

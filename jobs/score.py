@@ -15,7 +15,7 @@ from .config import Settings
 from .errors import MissingUpstream
 from .features import TARGET
 from .log import JobLog, spark_progress
-from .modeling import PREDICTION, load_registered, predict_minutes, regression_metrics, setup_mlflow
+from .modeling import PREDICTION, load_registered, metric_exprs, predict_minutes, setup_mlflow
 from .months import check_month, check_service
 
 KEEP = [
@@ -65,6 +65,9 @@ def to_output(predictions, service: str, month: str, model_name: str, model_vers
 
 def run(spark, settings: Settings, service: str, month: str, alias: str | None = None,
         version: int | None = None, skip_if_no_model: bool = False) -> dict[str, Any]:  # fmt: skip
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
     check_service(service)
     check_month(month)
     log = JobLog("score", service, month)
@@ -91,21 +94,22 @@ def run(spark, settings: Settings, service: str, month: str, alias: str | None =
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score.batch_size))
     run_id = lakehouse.new_run_id("score")
     out = to_output(predict_minutes(feats, model, KEEP), service, month, mv.name, mv.version, features_version, run_id)
+    # Metrics are observed while the partition is written: no second pass over the predictions.
+    observed = Observation(f"score-{run_id}")
+    in_range = F.col("in_training_range")
+    out = out.observe(observed, *metric_exprs(PREDICTION, "actual_duration_min"),
+                      *metric_exprs(PREDICTION, "actual_duration_min", where=in_range, prefix="in_range_"))  # fmt: skip
     with spark_progress(spark, log):
         written = lakehouse.replace_partition(out, settings, lakehouse.PREDICTIONS, run_id, service, month)
-    scored = lakehouse.read(spark, settings, lakehouse.PREDICTIONS, written).where(
-        lakehouse.partition_predicate(service, month)
-    )
-    overall = regression_metrics(scored, PREDICTION, "actual_duration_min")
-    in_range = regression_metrics(scored.where("in_training_range"), PREDICTION, "actual_duration_min")
+    metrics = {k: (float("nan") if v is None else float(v)) for k, v in observed.get.items()}
     summary = {
-        "rows": int(overall["n"]),
+        "rows": int(metrics["n"]),
         "model_name": mv.name,
         "model_version": int(mv.version),
         "features_version": features_version,
         "predictions_version": written,
-        "rmse_in_training_range": round(in_range.get("rmse", float("nan")), 4),
-        "mae_in_training_range": round(in_range.get("mae", float("nan")), 4),
+        "rmse_in_training_range": round(metrics["in_range_rmse"], 4),
+        "mae_in_training_range": round(metrics["in_range_mae"], 4),
         "run_id": run_id,
     }
     log.info("done", **summary, duration_s=round(log.elapsed(), 1))

@@ -156,6 +156,7 @@ class GxRunner:
     def __init__(self, settings: Settings):
         import great_expectations as gx
 
+        self.settings = settings
         self.root = settings.reports_dir / "validation"
         self.root.mkdir(parents=True, exist_ok=True)
         self.gx = gx
@@ -206,7 +207,10 @@ class GxRunner:
                 name=suite.name,
                 validation_definitions=[vd],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+                result_format={
+                    "result_format": self.settings.validation.result_format,
+                    "partial_unexpected_count": self.settings.validation.partial_unexpected_count,
+                },
             )
         )
         result = checkpoint.run(

@@ -58,6 +58,7 @@ def test_monthly_dag_wiring(dagbag):
     assert dag.get_task("ingest").application_args == ["ingest", "--service", "green", "--month",
                                                        "{{ logical_date.strftime('%Y-%m') }}"]  # fmt: skip
     assert "--skip-if-no-model" in dag.get_task("score").application_args
+    assert [t.task_id for t in dag.tasks if t.depends_on_past] == ["features"]  # months' features in order
     assert [o.uri for o in dag.get_task("features").outlets] == ["lakehouse://silver/features/green"]
 
 
