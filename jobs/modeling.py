@@ -2,7 +2,7 @@
 
 Models are logged to MLflow in their native flavour (an xgboost or lightgbm Booster trained on Spark), so the
 scoring job needs neither the training code nor the JVM learners: it predicts with ``Booster.inplace_predict``
-(xgboost) or ``Booster.predict`` (lightgbm) over Arrow batches in ``mapInPandas``. The target is learned on a
+(xgboost) or ``Booster.predict`` (lightgbm) over Arrow batches in ``mapInArrow``. The target is learned on a
 log scale (``log1p`` minutes); :func:`predict_minutes` returns minutes.
 """
 

@@ -49,6 +49,7 @@ def test_dag_files_do_no_heavy_imports_at_parse_time():
 def test_monthly_dag_wiring(dagbag):
     dag = dagbag.dags["taxi_monthly_green"]
     assert dag.catchup is True and dag.max_active_runs == 1
+    assert dag.start_date.strftime("%Y-%m-%d") == "2022-01-01" and dag.end_date is None  # TAXI_DAG_* unset
     assert "expression='0 0 1 * *'" in repr(dag.timetable)
     chain = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert chain == {"ingest": ["validate"], "validate": ["features"], "features": ["score"], "score": []}
