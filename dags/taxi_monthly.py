@@ -1,7 +1,8 @@
 """Monthly pipeline per service: ingest -> validate -> features -> score for the month of the data interval.
 
 catchup is on, so `airflow backfill create --dag-id taxi_monthly_green --from-date 2022-01-01 --to-date
-2023-02-01` processes every month. Ingest and validate of several months may run side by side; features run in
+2023-02-01 --reprocess-behavior failed` processes every month (Airflow requires a reprocess behaviour for a DAG with
+a depends_on_past task). Ingest and validate of several months may run side by side; features run in
 month order (depends_on_past), because a month's history features read the months before it.
 """
 
