@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         "rounds": {
             "xgboost": settings.train.xgboost["n_estimators"],
             "lightgbm": settings.train.lightgbm["numIterations"],
-        },  # fmt: skip
+        },
         "sizes": {},
     }
     print(f"benchmarks: sizes {sizes}, {os.cpu_count()} CPUs, work dir {work}", flush=True)
