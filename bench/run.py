@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-TRAIN_MONTH = "2024-01"
-BENCH_MONTHS = {250_000: "2024-02", 1_000_000: "2024-03", 3_000_000: "2024-04"}
+TRAIN_MONTH = "2024-01"  # 0.25M rows: the first champion trains on it; benchmark months follow it, one per size
+TRAIN_COMPARISON_MAX_ROWS = 1_000_000  # learners vs single process: on the largest month up to a yellow-sized one
 QUICK_ROUNDS = 100  # --quick: boosting rounds of every model (the full run uses conf's production settings)
 
 
@@ -168,8 +168,22 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
     }
 
 
-def training_vs_single(spark, settings) -> dict:
-    """Distributed fit (2 barrier workers) vs single-process xgboost/lightgbm with 2 threads, same data/params."""
+def bench_month(index: int) -> str:
+    """Months follow TRAIN_MONTH without gaps, so every one has its previous month for a train/validation split."""
+    return f"2024-{2 + index:02d}"
+
+
+def comparison_month(sizes: list[int]) -> str:
+    """`until` for the training comparison: the month after the largest month of at most
+    TRAIN_COMPARISON_MAX_ROWS rows (that month is then the training data)."""
+    months = [(250_000, TRAIN_MONTH)] + [(rows, bench_month(i)) for i, rows in enumerate(sizes)]
+    best = max((r, i) for i, (r, _) in enumerate(months[:-1]) if r <= TRAIN_COMPARISON_MAX_ROWS)[1]
+    return months[best + 1][1]
+
+
+def training_vs_single(spark, settings, until: str) -> dict:
+    """Distributed fit (2 barrier workers) vs single-process xgboost/lightgbm with 2 threads, same data/params:
+    the month before ``until`` is the training data."""
     import lightgbm as lgb
     import numpy as np
     import xgboost as xgb
@@ -177,7 +191,7 @@ def training_vs_single(spark, settings) -> dict:
     from jobs import train
     from jobs.features import MODEL_FEATURES, TARGET
 
-    data = train.load_training_data(spark, settings, "yellow", BENCH_MONTHS[250_000], 2)
+    data = train.load_training_data(spark, settings, "yellow", until, 2)
     train_df = data.train.cache()
     rows = train_df.count()
     vec = train.assemble(train_df).cache()
@@ -186,7 +200,7 @@ def training_vs_single(spark, settings) -> dict:
     x = pdf[MODEL_FEATURES].astype("float64").to_numpy(np.float32, na_value=np.nan)
     y = np.log1p(pdf[TARGET].to_numpy())
     xp, lp = settings.train.xgboost, settings.train.lightgbm
-    out = {"rows": rows}
+    out = {"rows": rows, "train_months": data.train_months}
 
     _, s, mem = timed(train.fit_xgboost, vec, dict(xp), 2, 42)
     out["xgb_spark_seconds"], out["xgb_spark_peak_mib"] = round(s, 2), mem
@@ -199,8 +213,8 @@ def training_vs_single(spark, settings) -> dict:
     out["lgbm_spark_seconds"], out["lgbm_spark_peak_mib"] = round(s, 2), mem
     lparams = {"num_leaves": lp["numLeaves"], "learning_rate": lp["learningRate"],
                "min_data_in_leaf": lp["minDataInLeaf"], "feature_fraction": lp["featureFraction"],
-               "bagging_fraction": lp["baggingFraction"], "bagging_freq": lp["baggingFreq"], "num_threads": 2,
-               "verbosity": -1, "objective": "regression"}  # fmt: skip
+               "bagging_fraction": lp["baggingFraction"], "bagging_freq": lp["baggingFreq"],
+               "lambda_l2": lp["lambdaL2"], "num_threads": 2, "verbosity": -1, "objective": "regression"}  # fmt: skip
     _, s, mem = timed(lambda: lgb.train(lparams, lgb.Dataset(x, label=y), lp["numIterations"]))
     out["lgbm_single_seconds"], out["lgbm_single_peak_mib"] = round(s, 2), mem
     vec.unpersist()
@@ -250,10 +264,10 @@ def main(argv=None) -> int:
     # Training month + first benchmark month, then a champion to score with.
     run_pipeline(spark, settings, TRAIN_MONTH, synth_month(TRAIN_MONTH, 250_000))
     for rows in sizes:
-        month = BENCH_MONTHS.get(rows) or f"2024-{5 + sizes.index(rows):02d}"
+        month = bench_month(sizes.index(rows))
         stages = run_pipeline(spark, settings, month, synth_month(month, rows))
         if "champion_version" not in result:
-            trained, s, mem = timed(train.run, spark, settings, "yellow", BENCH_MONTHS[250_000], 2)
+            trained, s, mem = timed(train.run, spark, settings, "yellow", bench_month(0), 2)
             result["train_job"] = {"seconds": round(s, 2), "peak_mib": mem, "best": trained["best_candidate"],
                                    "best_rmse": trained["best_rmse"]}  # fmt: skip
             result["champion_version"] = trained["champion_version"]
@@ -274,7 +288,7 @@ def main(argv=None) -> int:
         }
         print(f"  {rows} rows: " + ", ".join(f"{k} {v['seconds']}s" for k, v in stages.items()), flush=True)
 
-    result["training"] = training_vs_single(spark, settings)
+    result["training"] = training_vs_single(spark, settings, comparison_month(sizes))
     t = result["training"]
     last = result["sizes"][str(sizes[-1])]
     result.update(

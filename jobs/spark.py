@@ -62,6 +62,13 @@ def free_task_slots(spark) -> int:
     return max(1, executors * cores) if executors > 0 else sc.defaultParallelism
 
 
+def executor_cores(spark) -> int:
+    """Cores of one executor: all local[N] threads in local mode (the driver is the only executor)."""
+    if spark.sparkContext.master.startswith("local"):
+        return free_task_slots(spark)
+    return int(spark.sparkContext.getConf().get("spark.executor.cores", "1"))
+
+
 def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[str, str] | None = None):
     """Return the active session or build one from the settings (master, JARs, Delta catalog, conf)."""
     from pyspark.sql import SparkSession

@@ -35,7 +35,7 @@ from .modeling import (
     setup_mlflow,
 )
 from .months import check_month, check_service, month_window
-from .spark import free_task_slots
+from .spark import executor_cores, free_task_slots
 
 KEEP = ["trip_id", "pu_borough", "pickup_hour", TARGET]
 
@@ -152,6 +152,9 @@ def fit_lightgbm(train_vec, params: dict[str, Any], num_workers: int, seed: int,
     import lightgbm as lgb
     from synapse.ml.lightgbm import LightGBMRegressor
 
+    # Single-dataset mode merges an executor's tasks into one native dataset and one LightGBM learner; SynapseML
+    # gives that learner spark.task.cpus threads (1) unless numThreads says otherwise, so the default is all the
+    # executor's cores.
     est = LightGBMRegressor(
         featuresCol="features",
         labelCol="label",
@@ -160,7 +163,7 @@ def fit_lightgbm(train_vec, params: dict[str, Any], num_workers: int, seed: int,
         useSingleDatasetMode=True,
         seed=seed,
         verbosity=-1,
-        **params,
+        **{"numThreads": executor_cores(train_vec.sparkSession), **params},
     )
     if init is not None:
         # Continue the champion: its trees are kept (modelString) and the new trees fit what it leaves unexplained,

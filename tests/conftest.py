@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,17 @@ def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
         "AIRFLOW_VAR_TAXI_JARS": ",".join(cached_jars(load_settings()) or []),
         "TAXI_LAKEHOUSE": str(lakehouse),
     }
+
+
+def airflow_cli(env: dict[str, str], *args: str, timeout: int = 300, check: bool = True):
+    """Run one `airflow` CLI command. Retried while sqlite says "database is locked": the test Airflow runs on sqlite,
+    whose single writer lock a busy scheduler or dag-processor can hold past the CLI's 5 s busy timeout."""
+    for attempt in range(6):
+        out = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, capture_output=True,
+                             text=True, timeout=timeout)  # fmt: skip
+        if out.returncode == 0 or "database is locked" not in out.stderr:
+            break
+        time.sleep(5 * (attempt + 1))
+    if check:
+        assert out.returncode == 0, f"airflow {' '.join(args)}: {out.stderr[-3000:]}"
+    return out

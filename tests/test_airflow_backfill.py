@@ -17,7 +17,7 @@ import pytest
 
 from jobs import lakehouse
 
-from .conftest import airflow_env, table_checksum
+from .conftest import airflow_cli, airflow_env, table_checksum
 
 DAG_ID = "taxi_monthly_yellow"
 MONTHS = ("2019-03", "2019-04")
@@ -31,11 +31,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _airflow(env, *args, timeout=300):
-    out = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, capture_output=True,
-                         text=True, timeout=timeout)  # fmt: skip
-    assert out.returncode == 0, f"airflow {' '.join(args)}: {out.stderr[-3000:]}"
-    return out.stdout
+def _airflow(env, *args) -> str:
+    return airflow_cli(env, *args).stdout
 
 
 def _runs(env) -> dict[str, tuple[str, str]]:
