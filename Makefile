@@ -29,7 +29,7 @@ java:
 $(STAMP): pyproject.toml | java
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip -q
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	$(BIN)/python -m pip install -q --upgrade pip uv==0.13.9
 	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
