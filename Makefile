@@ -12,11 +12,18 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export AIRFLOW_HOME ?= $(abspath .airflow)
 
-.PHONY: setup demo test lint bench bench-quick airflow clean java help
+# Test order: a seeded random order (module by module, tests shuffled inside) unless SEED is set; the seed is
+# printed at the top of every run, so `make test SEED=<printed seed>` repeats a run exactly.
+SEED ?= $(shell python3 -c 'import random; print(random.randrange(10**6))')
+PYTEST_ORDER := -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
+
+.PHONY: setup demo test test-fast test-reverse lint bench bench-quick airflow clean java help
 
 help:
 	@echo "make demo         run the whole pipeline on the shipped sample months (local Spark, ./lakehouse)"
-	@echo "make test         lint (ruff) then the test suite (pytest)"
+	@echo "make test         lint (ruff) then every test tier (unit, spark, integration, slow), in a seeded random order"
+	@echo "make test-fast    lint then the unit and spark tiers (the inner loop, a few minutes)"
+	@echo "make test-reverse every tier in reverse file order (order independence)"
 	@echo "make setup        create/refresh .venv and resolve the Spark JARs (the other targets do this)"
 	@echo "make bench        benchmarks at 0.25M/1M/3M rows;  make bench-quick: 0.25M rows"
 	@echo "make airflow      start Airflow locally (airflow standalone) with the project's DAGs, on :8080"
@@ -47,7 +54,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ORDER)
+
+test-fast: setup lint
+	$(BIN)/pytest -m "unit or spark" $(PYTEST_ORDER)
+
+test-reverse: setup lint
+	$(BIN)/pytest --reverse
 
 bench: setup
 	$(BIN)/python bench/run.py

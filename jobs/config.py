@@ -64,6 +64,16 @@ class MlflowConfig(_Section):
     tracking_uri: str | None = None
     experiment_prefix: str = "taxi"
     registered_model_prefix: str = "taxi-duration"
+    # Reaching the tracking server: tries, and the first pause between them (doubled after each failed try).
+    connect_retries: int = Field(3, ge=1)
+    connect_backoff_s: float = Field(2.0, ge=0)
+
+
+class LakehouseWritesConfig(_Section):
+    # Optimistic concurrency: a write that loses the commit race to another writer is retried this many times,
+    # pausing conflict_backoff_s * 2**attempt (plus at most 1 s of jitter) in between.
+    conflict_retries: int = Field(5, ge=1)
+    conflict_backoff_s: float = Field(0.5, ge=0)
 
 
 class IngestConfig(_Section):
@@ -97,8 +107,13 @@ class FeaturesConfig(_Section):
         return self
 
 
+LEARNERS = ("xgboost", "lightgbm")
+
+
 class TrainConfig(_Section):
     months: int = Field(12, ge=1)
+    learners: list[Literal["xgboost", "lightgbm"]] = Field(default_factory=lambda: list(LEARNERS))
+    baselines: bool = True
     margin: float = Field(0.0, ge=0)
     num_workers: int | None = Field(None, ge=1)
     refit: bool = True
@@ -128,6 +143,7 @@ class Settings(_Section):
     data: DataConfig
     spark: SparkConfig
     mlflow: MlflowConfig = MlflowConfig()
+    writes: LakehouseWritesConfig = LakehouseWritesConfig()
     ingest: IngestConfig = IngestConfig()
     validation: ValidationConfig = ValidationConfig()
     features: FeaturesConfig = FeaturesConfig()

@@ -133,13 +133,13 @@ def default_source(settings: Settings, service: str, month: str) -> str:
     return settings.data.source_url_template.format(service=service, month=month)
 
 
-def _local_path(settings: Settings, source: str) -> Path:
+def _local_path(settings: Settings, source: str, label: str) -> Path:
     path = Path(urllib.parse.urlparse(source).path if source.startswith("file://") else source).resolve()
     if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):
         roots = ", ".join(str(r) for r in settings.data.allowed_roots)
-        raise InputError(f"source {source} is outside the allowed roots ({roots}): set data.allowed_roots")
+        raise InputError(f"{label}: source {source} is outside the allowed roots ({roots}): set data.allowed_roots")
     if not path.is_file():
-        raise InputError(f"source file not found: {path}")
+        raise InputError(f"{label}: source file not found: {path}")
     return path
 
 
@@ -210,7 +210,7 @@ def stage(settings: Settings, service: str, month: str, source: str, log: JobLog
             except OSError as e:
                 raise InputError(f"{label}: could not download {source}: {e}") from e
         else:
-            shutil.copyfile(_local_path(settings, source), staged)
+            shutil.copyfile(_local_path(settings, source, label), staged)
         fmt, columns = inspect_file(staged, label)
         check_trip_columns(columns, label, name)
     except BaseException:
@@ -241,8 +241,12 @@ def discard(staged: LandedFile) -> None:
 
 
 def landed_file(settings: Settings, service: str, month: str) -> LandedFile | None:
+    """The month's landed file, located in this lakehouse's raw zone (so a copied or moved lakehouse still works)."""
     manifest = settings.raw_dir / service / month / "_landing.json"
-    return LandedFile(**json.loads(manifest.read_text())) if manifest.exists() else None
+    if not manifest.exists():
+        return None
+    landed = json.loads(manifest.read_text())
+    return LandedFile(**{**landed, "path": str(manifest.parent / Path(landed["path"]).name)})
 
 
 def read_raw(spark, landed: LandedFile):

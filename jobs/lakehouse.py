@@ -75,28 +75,34 @@ def current_version(spark, settings: Settings, table: Table) -> int:
 
 
 CONFLICTS = ("ConcurrentAppend", "ConcurrentDelete", "ConcurrentTransaction", "MetadataChanged", "ProtocolChanged")
-CONFLICT_RETRIES = 5
 
 
-def _retry_on_conflict(write, what: str) -> None:
+def is_conflict(error: BaseException) -> bool:
+    """Whether ``error`` is Delta telling a writer that another writer committed first."""
+    return any(c in f"{type(error).__name__} {error}" for c in CONFLICTS)
+
+
+def retry_on_conflict(write, what: str, retries: int, backoff_s: float) -> int:
     """Run a Delta write; when a concurrent writer wins the optimistic-concurrency race, retry it (bounded).
 
     A retried ``replaceWhere`` replaces the winner's rows again, so the partition ends with exactly one copy.
+    Returns how many conflicts were retried; any other error, or a conflict on the last try, is raised.
     """
-    for attempt in range(CONFLICT_RETRIES):
+    for attempt in range(retries):
         try:
             write()
-            return
+            return attempt
         except Exception as e:
-            if not any(c in f"{type(e).__name__} {e}" for c in CONFLICTS) or attempt == CONFLICT_RETRIES - 1:
+            if not is_conflict(e) or attempt == retries - 1:
                 raise
             log.warning("concurrent write to %s (attempt %d): %s; retrying", what, attempt + 1, type(e).__name__)
-            time.sleep(0.5 * 2**attempt + random.random())
+            time.sleep(backoff_s * 2**attempt + random.random() * min(1.0, backoff_s * 2))
+    raise AssertionError("unreachable")
 
 
 def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: str) -> int:
     """Atomically replace the rows matching ``predicate`` with ``df``; returns the Delta version written."""
-    _retry_on_conflict(
+    retry_on_conflict(
         lambda: (
             df.write.format("delta")
             .mode("overwrite")
@@ -106,6 +112,8 @@ def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: 
             .save(table.path(settings))
         ),
         f"{table.relpath} where {predicate}",
+        settings.writes.conflict_retries,
+        settings.writes.conflict_backoff_s,
     )
     return version_written(df.sparkSession, settings, table, run_id)
 
@@ -120,7 +128,8 @@ def append(df, settings: Settings, table: Table, run_id: str) -> int:
     writer = df.write.format("delta").mode("append").option("userMetadata", run_id)
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
-    _retry_on_conflict(lambda: writer.save(table.path(settings)), table.relpath)
+    retry_on_conflict(lambda: writer.save(table.path(settings)), table.relpath, settings.writes.conflict_retries,
+                      settings.writes.conflict_backoff_s)  # fmt: skip
     return version_written(df.sparkSession, settings, table, run_id)
 
 

@@ -12,10 +12,23 @@ from contextlib import contextmanager
 FORMAT = "%(asctime)s %(levelname)-5s %(name)s | %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was at set-up: a caller that swaps
+    stderr (pytest's capture, a notebook) and closes its stream afterwards must not break later log lines."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_taxi", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
         handler._taxi = True  # type: ignore[attr-defined]
         root.addHandler(handler)

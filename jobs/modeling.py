@@ -159,8 +159,11 @@ def full_metrics(predictions) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------
 # MLflow
 # ---------------------------------------------------------------------------------------------------------------
-def setup_mlflow(settings: Settings, retries: int = 3, backoff_s: float = 2.0):
-    """Point MLflow at the configured store; fail clearly after bounded retries if it cannot be reached."""
+def setup_mlflow(settings: Settings):
+    """Point MLflow at the configured store; fail clearly after bounded retries if it cannot be reached.
+
+    Tries ``mlflow.connect_retries`` times, pausing ``connect_backoff_s`` (doubled each time) in between.
+    """
     import os
 
     import mlflow
@@ -171,6 +174,7 @@ def setup_mlflow(settings: Settings, retries: int = 3, backoff_s: float = 2.0):
     if settings.mlflow.tracking_uri is None:  # the embedded sqlite store and its artifacts live in the lakehouse
         settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     uri = settings.tracking_uri
+    retries, backoff_s = settings.mlflow.connect_retries, settings.mlflow.connect_backoff_s
     last: Exception | None = None
     for attempt in range(retries):
         try:
@@ -181,7 +185,8 @@ def setup_mlflow(settings: Settings, retries: int = 3, backoff_s: float = 2.0):
             return mlflow
         except Exception as e:  # connection refused, DNS, 5xx...
             last = e
-            time.sleep(backoff_s * (2**attempt))
+            if attempt < retries - 1:
+                time.sleep(backoff_s * (2**attempt))
     raise ServiceUnavailable(f"MLflow tracking server {uri} unreachable after {retries} tries: {last}")
 
 

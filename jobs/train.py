@@ -293,7 +293,13 @@ def log_native_model(mlflow, model: NativeModel, input_example):
 
     signature = infer_signature(example, np.asarray(predict_log(booster, model.flavor, feature_matrix(example))))
     flavor = mlflow.xgboost if model.flavor == "xgboost" else mlflow.lightgbm
-    info = flavor.log_model(booster, name="model", signature=signature, input_example=example)
+    # Pinned from this environment: letting MLflow infer them starts a Python subprocess per logged model (seconds).
+    import pandas as pd
+
+    requirements = [*flavor.get_default_pip_requirements(), f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+    info = flavor.log_model(
+        booster, name="model", signature=signature, input_example=example, pip_requirements=requirements
+    )
     return info.model_uri
 
 
@@ -372,13 +378,15 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
             candidates.append(cand)
             return cand
 
-        t = time.monotonic()
-        evaluate("baseline-zone-pair-median", "baseline", zone_pair_median(train, valid), time.monotonic() - t)
-        t = time.monotonic()
-        evaluate("baseline-linear-pu-do-distance", "baseline", linear_zone_pair_distance(train, valid),
-                 time.monotonic() - t)  # fmt: skip
+        if cfg.baselines:
+            t = time.monotonic()
+            evaluate("baseline-zone-pair-median", "baseline", zone_pair_median(train, valid), time.monotonic() - t)
+            t = time.monotonic()
+            evaluate("baseline-linear-pu-do-distance", "baseline", linear_zone_pair_distance(train, valid),
+                     time.monotonic() - t)  # fmt: skip
 
-        plans = [("xgboost", fit_xgboost, cfg.xgboost, None), ("lightgbm", fit_lightgbm, cfg.lightgbm, None)]
+        fits = {"xgboost": (fit_xgboost, cfg.xgboost), "lightgbm": (fit_lightgbm, cfg.lightgbm)}
+        plans = [(learner, *fits[learner], None) for learner in cfg.learners]
         if champion is not None and cfg.warm_start:
             learner = champion.flavor
             fit = fit_xgboost if learner == "xgboost" else fit_lightgbm
@@ -406,7 +414,10 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
                 train_tasks=barrier_tasks(spark, group),
             )
 
-        best = min((c for c in candidates if c.model is not None), key=lambda c: c.rmse)
+        models = [c for c in candidates if c.model is not None]
+        if not models:
+            raise ValueError("train.learners is empty and there is no champion to warm-start: nothing to train")
+        best = min(models, key=lambda c: c.rmse)
         if cfg.refit:
             best = refit(spark, mlflow, settings, best, train, valid, workers, champion, log)
         decision = gate(mlflow, settings, service, best, champion, champion_mv, valid, data.valid_month)
@@ -425,6 +436,7 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
         **decision,
         "candidates": {c.name: round(c.rmse, 4) for c in candidates},
         "fit_seconds": {c.name: round(c.fit_seconds, 1) for c in candidates if c.model is not None},
+        "candidate_models": {c.name: c.model_uri for c in candidates if c.model_uri},
     }
     log.info("done", **{k: v for k, v in decision.items()}, duration_s=round(log.elapsed(), 1))
     return summary
@@ -454,6 +466,19 @@ def refit(spark, mlflow, settings: Settings, best: Candidate, train, valid, work
                      best.warm_start, best.params)  # fmt: skip
 
 
+def gate_decision(candidate_rmse: float, champion_rmse: float | None, margin: float,
+                  champion_version: str | int | None = None, valid_month: str = "") -> tuple[bool, str]:  # fmt: skip
+    """(promote?, reason): the first model is promoted; later ones only if strictly better by ``margin`` minutes."""
+    if champion_rmse is None:
+        return True, "first model"
+    if candidate_rmse < champion_rmse - margin:
+        return True, f"rmse {candidate_rmse:.4f} < champion {champion_rmse:.4f} - {margin}"
+    return False, (
+        f"rmse {candidate_rmse:.4f} does not beat champion v{champion_version} ({champion_rmse:.4f}) "
+        f"by margin {margin} on {valid_month}"
+    )
+
+
 def gate(mlflow, settings: Settings, service: str, best: Candidate, champion, champion_mv, valid,
          valid_month: str) -> dict[str, Any]:  # fmt: skip
     """Register the best learner; give it the champion alias only if it beats the champion by the margin."""
@@ -477,22 +502,15 @@ def gate(mlflow, settings: Settings, service: str, best: Candidate, champion, ch
     champion_rmse = None
     if champion is not None:
         champion_rmse = regression_metrics(predict_minutes(valid, champion, KEEP))["rmse"]
-    margin = settings.train.margin
-    if champion is None or best.rmse < champion_rmse - margin:
+    promoted, reason = gate_decision(
+        best.rmse, champion_rmse, settings.train.margin, champion_mv.version if champion_mv else None, valid_month
+    )
+    if promoted:
         client.set_registered_model_alias(name, "champion", mv.version)
         client.set_model_version_tag(name, mv.version, "gate", "promoted")
-        reason = (
-            "first model" if champion is None else f"rmse {best.rmse:.4f} < champion {champion_rmse:.4f} - {margin}"
-        )
-        promoted = True
     else:
-        reason = (
-            f"rmse {best.rmse:.4f} does not beat champion v{champion_mv.version} ({champion_rmse:.4f}) "
-            f"by margin {margin} on {valid_month}"
-        )
         client.set_model_version_tag(name, mv.version, "gate", "rejected")
         client.set_model_version_tag(name, mv.version, "rejected_reason", reason)
-        promoted = False
     return {
         "registered_model": name,
         "registered_version": int(mv.version),

@@ -1,29 +1,64 @@
-"""Shared fixtures: one real SparkSession (local[2]) and one temporary lakehouse for the whole test session."""
+"""Test tiers, the one SparkSession, and the golden lakehouse.
+
+Every test carries exactly one tier marker (its own, or its module's ``DEFAULT_TIER``), which also sets its timeout:
+
+- ``unit``: no JVM (months, config, metrics math, verdicts, the gate rule, DAG wiring and rendered templates);
+- ``spark``: tiny in-memory frames on the shared local[2] session (transforms, rule predicates, binning, parity);
+- ``integration``: the real sample months, read from the golden lakehouse or written into a private copy of it;
+- ``slow``: production model settings, killed and concurrent processes, the Airflow scheduler, a Spark cluster.
+
+The golden lakehouse is built once per session (the shipped green months through every stage, with small model
+settings) and never written afterwards: a test that writes asks for ``lake``, a private copy, so no test restores
+anything and the order of tests cannot matter. A session that changed the golden tree fails at teardown.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "tlc"
-_LAKEHOUSE = Path(tempfile.mkdtemp(prefix="taxi-test-lakehouse-"))
+_SCRATCH = Path(tempfile.mkdtemp(prefix="taxi-test-lakehouse-"))
 
-# Set before any job code loads settings: everything the tests write goes to a throwaway lakehouse.
+TIER_TIMEOUT_S = {"unit": 60, "spark": 300, "integration": 900, "slow": 1800}
+JVM_FIXTURES = {"spark", "golden", "lake", "empty_lake"}
+GOLDEN_GREEN = ("2022-01", "2022-02", "2023-01", "2023-02")
+GOLDEN_WEEK = "2023-W06"
+# Small model settings for every test but the quality bar (which restores the profile's own, see `production`).
+SMALL_MODELS = {
+    "TAXI__TRAIN__XGBOOST__n_estimators": "60",
+    "TAXI__TRAIN__XGBOOST__max_depth": "6",
+    "TAXI__TRAIN__XGBOOST__learning_rate": "0.15",
+    "TAXI__TRAIN__LIGHTGBM__numIterations": "60",
+    "TAXI__TRAIN__LIGHTGBM__numLeaves": "31",
+    "TAXI__TRAIN__LIGHTGBM__learningRate": "0.15",
+    "TAXI__TRAIN__WARM_START_ROUNDS": "20",
+}
+
+# Set before any job code loads settings: everything the tests write goes to throwaway lakehouses, and the
+# bounded waits (MLflow connection back-off, Delta conflict back-off) are short.
 os.environ.update(
     {
-        "TAXI_LAKEHOUSE": str(_LAKEHOUSE),
+        "TAXI_LAKEHOUSE": str(_SCRATCH),
         "TAXI__SPARK__MASTER": "local[2]",
         "TAXI__SPARK__CONF__spark.sql.shuffle.partitions": "4",
         "TAXI__SPARK__CONF__spark.ui.enabled": "false",
         "TAXI__SPARK__CONF__spark.driver.memory": "3g",
-        "TAXI__DATA__ALLOWED_ROOTS": f"[{ROOT / 'data'}, {_LAKEHOUSE}, {tempfile.gettempdir()}]",
+        "TAXI__DATA__ALLOWED_ROOTS": f"[{ROOT / 'data'}, {tempfile.gettempdir()}]",
+        "TAXI__MLFLOW__CONNECT_BACKOFF_S": "0.2",
+        "TAXI__WRITES__CONFLICT_BACKOFF_S": "0.1",
+        **SMALL_MODELS,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "PYSPARK_PYTHON": sys.executable,
@@ -34,8 +69,40 @@ os.environ.pop("TAXI_CONF", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+# ---- tiers ----------------------------------------------------------------------------------------------------
+def _tiers(item) -> list[str]:
+    return [m.name for m in item.iter_markers() if m.name in TIER_TIMEOUT_S]
+
+
+def _tier(item) -> str:
+    return _tiers(item)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+    """A test's tier is its own marker, else its module's DEFAULT_TIER (a module-level mark would add a second
+    tier to the tests that have their own, and `-m unit` would then select a slow test)."""
+    for item in items:
+        default = getattr(item.module, "DEFAULT_TIER", None)
+        if not _tiers(item) and default in TIER_TIMEOUT_S:
+            item.add_marker(getattr(pytest.mark, default))
+    wrong = [item.nodeid for item in items if len(set(_tiers(item))) != 1]
+    if wrong:
+        raise pytest.UsageError(f"tests need exactly one tier marker ({', '.join(TIER_TIMEOUT_S)}): {wrong}")
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[_tier(item)]))
+
+
+def pytest_runtest_setup(item):
+    if _tier(item) == "unit" and JVM_FIXTURES & set(item.fixturenames):
+        pytest.fail(f"unit test {item.nodeid} uses a JVM fixture ({JVM_FIXTURES & set(item.fixturenames)})")
+
+
+# ---- the session and the lakehouses ---------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def settings():
+    """The scratch lakehouse's settings (TAXI_LAKEHOUSE): what the CLI sees unless a test points it elsewhere."""
     from jobs.config import load_settings
 
     return load_settings()
@@ -50,66 +117,117 @@ def spark(settings):
     session.stop()
 
 
+def settings_for(lakehouse: Path, base=None):
+    """``base`` (default: the environment's settings) with its lakehouse moved to ``lakehouse``."""
+    from jobs.config import load_settings
+
+    return (base or load_settings()).model_copy(update={"lakehouse": lakehouse}, deep=True)
+
+
+@dataclass
+class Golden:
+    """What the golden build wrote, and the summaries of the jobs that wrote it."""
+
+    settings: Any
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def client(self):
+        """An MLflow client on the golden store (without touching the process's global tracking URI)."""
+        import mlflow
+
+        uri = self.settings.tracking_uri
+        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# MLflow writes this marker into a registered model's artifact folder each time it loads the model by a models:/ URI
+# (in place, with a local artifact store): loading is reading, so it does not count as a write.
+LOAD_MARKERS = {"registered_model_meta"}
+
+
+def _fingerprint(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in LOAD_MARKERS
+    }
+
+
 @pytest.fixture(scope="session")
-def bronze_green(spark, settings):
-    """green 2023-01 and 2023-02 ingested once (the real months most tests build on)."""
-    from jobs import ingest
+def golden(spark, tmp_path_factory):
+    """The shipped green months through ingest -> validate -> features, a training run until 2023-01 (validated on
+    2023-01), scoring of 2023-02 and the drift report of 2023-W06. Read-only: tests that write use ``lake``."""
+    from jobs import features, ingest, monitor, score, train, validate
 
-    return {m: ingest.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
+    s = settings_for(tmp_path_factory.mktemp("golden") / "lakehouse")
+    g = Golden(s)
+    for month in GOLDEN_GREEN:
+        g.summaries[f"ingest {month}"] = ingest.run(spark, s, "green", month)
+        g.summaries[f"validate {month}"] = validate.run(spark, s, "green", month)
+        g.summaries[f"features {month}"] = features.run(spark, s, "green", month)
+    g.summaries["train"] = train.run(spark, s, "green", "2023-01", months=13)
+    g.summaries["score"] = score.run(spark, s, "green", "2023-02")
+    g.summaries["monitor"] = monitor.run(spark, s, "green", GOLDEN_WEEK)
+    before = _fingerprint(s.lakehouse)
+    yield g
+    after = _fingerprint(s.lakehouse)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests wrote to the golden lakehouse (use the `lake` fixture): {changed[:10]}"
 
 
+def copy_lakehouse(src, dst: Path):
+    """A private copy of a lakehouse, with its MLflow store's absolute artifact locations moved along."""
+    shutil.copytree(src.lakehouse, dst)
+    db = dst / "mlflow" / "mlflow.db"
+    if db.exists():
+        old, new = str(src.lakehouse), str(dst)
+        with sqlite3.connect(db) as con:
+            tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+            for table in tables:
+                for col in [r[1] for r in con.execute(f"pragma table_info('{table}')")]:
+                    con.execute(
+                        f'update \'{table}\' set "{col}" = replace("{col}", ?, ?) '
+                        f'where typeof("{col}") = \'text\' and instr("{col}", ?) > 0',
+                        (old, new, old),
+                    )
+    return settings_for(dst, src)
+
+
+@pytest.fixture
+def lake(golden, tmp_path):
+    """Settings on a private copy of the golden lakehouse, for a test that writes."""
+    return copy_lakehouse(golden.settings, tmp_path / "lakehouse")
+
+
+@pytest.fixture
+def empty_lake(spark, tmp_path):
+    """Settings on a new, empty lakehouse."""
+    return settings_for(tmp_path / "lakehouse")
+
+
+@pytest.fixture
+def cli_lakehouse(monkeypatch):
+    """Point the CLI (which reads TAXI_LAKEHOUSE) at a test's lakehouse: ``cli_lakehouse(settings)``."""
+
+    def point(s):
+        monkeypatch.setenv("TAXI_LAKEHOUSE", str(s.lakehouse))
+        return s
+
+    return point
+
+
+def production(settings):
+    """``settings`` with the profile's own training settings (conf/local.yaml), not the tests' small models."""
+    from jobs.config import load_settings
+
+    env = {k: v for k, v in os.environ.items() if k not in SMALL_MODELS}
+    return settings.model_copy(update={"train": load_settings(env=env).train}, deep=True)
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
 def table_version(settings, table) -> int:
     from deltalake import DeltaTable
 
     return DeltaTable(table.path(settings)).version()
-
-
-@pytest.fixture(scope="session")
-def validated_green(spark, settings, bronze_green):
-    """green 2023-01 and 2023-02 validated (in order, so 2023-02 has a previous month to compare with)."""
-    from jobs import validate
-
-    return {m: validate.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
-
-
-def require_chromium() -> str:
-    import shutil
-
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (.ci/run installs it)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def features_green(spark, settings, validated_green):
-    """Features for green 2023-01 and 2023-02 (2023-02's history comes from 2023-01)."""
-    from jobs import features
-
-    return {m: features.run(spark, settings, "green", m) for m in ("2023-01", "2023-02")}
-
-
-@pytest.fixture(scope="session")
-def green_history(spark, settings, features_green):
-    """Features for every shipped green month (2022-01, 2022-02, 2023-01, 2023-02)."""
-    from jobs import features, ingest, validate
-
-    for m in ("2022-01", "2022-02"):
-        ingest.run(spark, settings, "green", m)
-        validate.run(spark, settings, "green", m)
-        features.run(spark, settings, "green", m)
-    features.run(spark, settings, "green", "2023-01")  # its history now includes 2022 months... none within 3
-    return features.run(spark, settings, "green", "2023-02")
-
-
-@pytest.fixture(scope="session")
-def trained_green(spark, settings, green_history):
-    """The real training run with the default hyperparameters: every month up to 2023-01 (validates on 2023-01)."""
-    from jobs import train
-
-    return train.run(spark, settings, "green", "2023-01", months=13)
 
 
 # Run-specific columns: when and by which run a row was written, and the upstream table version it read.
@@ -131,6 +249,53 @@ def table_checksum(path: str, service: str, month: str, exclude: set[str] = VOLA
     return len(df), hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
 
 
+def partition_rows(settings, table, service: str, month: str, columns: list[str] | None = None):
+    """One (service, month) partition as pandas, read with delta-rs (no Spark)."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(table.path(settings)).to_pandas(
+        filters=[("service", "=", service), ("month", "=", month)], columns=columns
+    )
+
+
+def wait_until(what: str, done, timeout_s: float, interval_s: float = 2.0) -> None:
+    """Poll ``done()`` every ``interval_s`` until it is true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"{what} not reached after {timeout_s} s"
+        time.sleep(interval_s)
+
+
+def require_chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return path
+
+
+def chromium_dom(url: str, budget_ms: int = 5000) -> str:
+    """The DOM of ``url`` after headless Chromium ran its scripts, with every network name unresolvable."""
+    out = subprocess.run(
+        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def job_env(lakehouse: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `taxi` (or Airflow) subprocess on ``lakehouse``. MLflow exports the tracking URI of the
+    last ``set_tracking_uri`` into this process's environment; a child must find its own lakehouse's store."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**env, "TAXI_LAKEHOUSE": str(lakehouse), **extra}
+
+
+def taxi_bin() -> str:
+    return str(Path(sys.executable).parent / "taxi")
+
+
 def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
     """Environment for Airflow CLI subprocesses: own AIRFLOW_HOME (sqlite), project DAGs, local Spark, JARs."""
     from jobs.config import load_settings
@@ -138,7 +303,7 @@ def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
 
     venv_bin = str(Path(sys.executable).parent)
     return {
-        **os.environ,
+        **job_env(lakehouse),
         "PATH": f"{venv_bin}:{os.environ['PATH']}",
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
@@ -146,7 +311,6 @@ def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
         "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
         "AIRFLOW_CONN_SPARK_DEFAULT": "spark://local%5B2%5D",
         "AIRFLOW_VAR_TAXI_JARS": ",".join(cached_jars(load_settings()) or []),
-        "TAXI_LAKEHOUSE": str(lakehouse),
     }
 
 
@@ -158,7 +322,7 @@ def airflow_cli(env: dict[str, str], *args: str, timeout: int = 300, check: bool
                              text=True, timeout=timeout)  # fmt: skip
         if out.returncode == 0 or "database is locked" not in out.stderr:
             break
-        time.sleep(5 * (attempt + 1))
+        time.sleep(2 * (attempt + 1))
     if check:
         assert out.returncode == 0, f"airflow {' '.join(args)}: {out.stderr[-3000:]}"
     return out

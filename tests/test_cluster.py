@@ -3,10 +3,8 @@ mid-job does not change the result."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +12,9 @@ import pytest
 
 from jobs import cluster, lakehouse
 
-from .conftest import table_checksum
+from .conftest import job_env, table_checksum, taxi_bin
 
+DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 MASTER = "spark://127.0.0.1:7077"
 
 
@@ -28,15 +27,10 @@ def standalone(tmp_path_factory):
 
 
 def _taxi(lakehouse_dir: Path, *args: str, **popen) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "TAXI_LAKEHOUSE": str(lakehouse_dir),
-        "TAXI__SPARK__MASTER": MASTER,
-        "TAXI__SPARK__CONF__spark.executor.memory": "1g",
-        "TAXI__SPARK__CONF__spark.driver.memory": "2g",
-    }
-    return subprocess.Popen([str(Path(sys.executable).parent / "taxi"), *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # fmt: skip
+    memory = {"TAXI__SPARK__CONF__spark.executor.memory": "1g", "TAXI__SPARK__CONF__spark.driver.memory": "2g"}
+    env = job_env(lakehouse_dir, TAXI__SPARK__MASTER=MASTER, **memory)
+    return subprocess.Popen([taxi_bin(), *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            **popen)  # fmt: skip
 
 
 def _ok(proc: subprocess.Popen, timeout: int = 900) -> str:
@@ -46,16 +40,16 @@ def _ok(proc: subprocess.Popen, timeout: int = 900) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster_month(standalone, tmp_path_factory, features_green):
+def cluster_month(standalone, tmp_path_factory):
     lake = tmp_path_factory.mktemp("cluster-lakehouse")
     _ok(_taxi(lake, "run-month", "--service", "green", "--month", "2023-01", "--skip-score"))
     return lake
 
 
-def test_cluster_pipeline_matches_local_mode(settings, cluster_month, features_green):
+def test_cluster_pipeline_matches_local_mode(golden, cluster_month):
     for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES):
         on_cluster = table_checksum(str(cluster_month / table.relpath), "green", "2023-01")
-        local = table_checksum(table.path(settings), "green", "2023-01")
+        local = table_checksum(table.path(golden.settings), "green", "2023-01")
         assert on_cluster == local, table.relpath
     assert table_checksum(str(cluster_month / lakehouse.BRONZE.relpath), "green", "2023-01")[0] == 68211
 

@@ -13,6 +13,7 @@ from compose_spec import PyCompose
 
 from .conftest import ROOT
 
+DEFAULT_TIER = "unit"  # tests without a tier marker of their own
 DOCKER = ROOT / "docker"
 
 

@@ -14,9 +14,12 @@ from deltalake import DeltaTable
 
 from jobs import features, ingest, lakehouse, validate
 
-from .conftest import DATA
+from .conftest import DATA, partition_rows
+
+DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
 
+@pytest.mark.spark
 def test_haversine_and_bearing_of_known_points(spark):
     df = spark.createDataFrame(
         [(0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0), (-73.7781, 40.6413, -73.9855, 40.7580)],
@@ -33,6 +36,7 @@ def test_haversine_and_bearing_of_known_points(spark):
     assert rows[2].centroid_bearing_deg == pytest.approx(306.65, abs=0.01)
 
 
+@pytest.mark.spark
 def test_time_features_hour_of_week_and_holidays(spark):
     holidays = features.us_federal_holidays([2023])
     assert "2023-01-02" in holidays  # New Year's Day fell on a Sunday: observed Monday
@@ -51,6 +55,7 @@ def test_time_features_hour_of_week_and_holidays(spark):
     assert (r[2].day_of_week, r[2].is_holiday) == (2, 1)
 
 
+@pytest.mark.spark
 def test_history_fallbacks_pick_the_finest_level_with_enough_trips(spark):
     cols = "PULocationID int, DOLocationID int, hour_of_week int, pu_borough string, do_borough string"
     past = spark.createDataFrame(
@@ -86,6 +91,7 @@ def test_history_fallbacks_pick_the_finest_level_with_enough_trips(spark):
     assert (got[(9, 9, "X")].hist_level, got[(9, 9, "X")].hist_median_duration_min) == (4, 15.0)
 
 
+@pytest.mark.spark
 def test_no_history_leaves_history_columns_null(spark):
     current = spark.createDataFrame(
         [(1, 2, 10, "A", "B")],
@@ -100,44 +106,42 @@ def test_no_history_leaves_history_columns_null(spark):
     assert r.hist_level is None and r.hist_median_duration_min is None
 
 
-def test_features_hold_no_post_trip_columns(settings, features_green):
-    cols = set(DeltaTable(lakehouse.FEATURES.path(settings)).schema().to_arrow().names)
+def test_features_hold_no_post_trip_columns(golden):
+    cols = set(DeltaTable(lakehouse.FEATURES.path(golden.settings)).schema().to_arrow().names)
     for leak in ("fare_amount", "tip_amount", "tolls_amount", "total_amount", "dropoff_datetime", "payment_type"):
         assert leak not in cols and leak not in features.MODEL_FEATURES
     assert {"duration_min", "in_training_range"} <= cols
 
 
-def test_feature_table_reads_with_deltalake_and_covers_every_validated_trip(settings, features_green):
-    feats = DeltaTable(lakehouse.FEATURES.path(settings)).to_pandas(
-        filters=[("service", "=", "green"), ("month", "=", "2023-02")]
-    )
-    trips = DeltaTable(lakehouse.TRIPS.path(settings)).to_pandas(
-        filters=[("service", "=", "green"), ("month", "=", "2023-02")], columns=["trip_id"]
-    )
+def test_feature_table_reads_with_deltalake_and_covers_every_validated_trip(golden):
+    feats = partition_rows(golden.settings, lakehouse.FEATURES, "green", "2023-02")
+    trips = partition_rows(golden.settings, lakehouse.TRIPS, "green", "2023-02", ["trip_id"])
     assert len(feats) == len(trips) and set(feats["trip_id"]) == set(trips["trip_id"])
     # Training range flag is stored, not applied: out-of-range trips are still there.
     assert 0.9 < feats["in_training_range"].mean() < 1.0
-    # 2023-02's history comes from 2023-01 (the only earlier month present): most trips get pair-level history.
-    assert features_green["2023-02"]["history_months"] == ["2023-01"]
+    # 2023-02's history comes from the three months before it; only 2023-01 of them is in the lakehouse, and most
+    # trips get pair-level history from it.
+    assert golden.summaries["features 2023-02"]["history_months"] == ["2023-01"]
     assert (feats["hist_level"] <= 1).mean() > 0.7
-    # 2023-01 has no earlier month in this lakehouse: no history.
-    jan = DeltaTable(lakehouse.FEATURES.path(settings)).to_pandas(
-        filters=[("service", "=", "green"), ("month", "=", "2023-01")], columns=["hist_level"]
-    )
+    # 2023-01's three months before (2022-10..12) are absent: no history, even though 2022-01/02 are present.
+    assert golden.summaries["features 2023-01"]["history_months"] == []
+    jan = partition_rows(golden.settings, lakehouse.FEATURES, "green", "2023-01", ["hist_level"])
     assert jan["hist_level"].isna().all()
+    # 2022-02 reads 2022-01.
+    assert golden.summaries["features 2022-02"]["history_months"] == ["2022-01"]
 
 
-def test_rerun_is_idempotent(spark, settings, features_green):
+def test_rerun_is_idempotent(spark, lake):
     def month_features():
         return (
-            lakehouse.read(spark, settings, lakehouse.FEATURES)
+            lakehouse.read(spark, lake, lakehouse.FEATURES)
             .where(lakehouse.partition_predicate("green", "2023-02"))
             .drop("features_run_id")
         )
 
     before = month_features().localCheckpoint()
-    again = features.run(spark, settings, "green", "2023-02")
-    assert again["rows"] == before.count() == features_green["2023-02"]["rows"]
+    again = features.run(spark, lake, "green", "2023-02")
+    assert again["rows"] == before.count() == partition_rows(lake, lakehouse.TRIPS, "green", "2023-02").shape[0]
     assert_df_equality(month_features(), before, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -163,30 +167,24 @@ def _history_and_target(settings, month):
     return hist, df["duration_min"].sum()
 
 
-def test_a_months_own_durations_never_reach_its_history_features(spark, settings, tmp_path):
+def test_a_months_own_durations_never_reach_its_history_features(spark, lake, tmp_path):
     def land(month, source=None):
-        ingest.run(spark, settings, "green", month, source)
-        validate.run(spark, settings, "green", month)
+        ingest.run(spark, lake, "green", month, source)
+        validate.run(spark, lake, "green", month)
 
-    land("2022-01")
-    land("2022-02")
-    features.run(spark, settings, "green", "2022-02")
-    hist0, target0 = _history_and_target(settings, "2022-02")
+    hist0, target0 = _history_and_target(lake, "2022-02")  # as built: 2022-02's history from the real 2022-01
     assert hist0["hist_level"].notna().all()
 
     # Change 2022-02's own durations: its history features must not move, its target must.
     land("2022-02", str(_stretched(tmp_path, "2022-02")))
-    features.run(spark, settings, "green", "2022-02")
-    hist1, target1 = _history_and_target(settings, "2022-02")
+    features.run(spark, lake, "green", "2022-02")
+    hist1, target1 = _history_and_target(lake, "2022-02")
     pd.testing.assert_frame_equal(hist1, hist0)
     assert target1 > target0 * 1.3
 
     # Positive control: changing the EARLIER month does move 2022-02's history.
     land("2022-01", str(_stretched(tmp_path, "2022-01")))
-    features.run(spark, settings, "green", "2022-02")
-    hist2, _ = _history_and_target(settings, "2022-02")
+    features.run(spark, lake, "green", "2022-02")
+    hist2, _ = _history_and_target(lake, "2022-02")
     ratio = hist2["hist_median_duration_min"].median() / hist0["hist_median_duration_min"].median()
     assert 1.3 < ratio < 1.7
-
-    land("2022-01")  # restore the real months for other tests
-    land("2022-02")

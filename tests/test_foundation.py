@@ -1,4 +1,4 @@
-"""The footing: pinned versions, config loading and overrides, month arithmetic."""
+"""The footing: the installed Spark line, config loading and overrides, month arithmetic."""
 
 from __future__ import annotations
 
@@ -21,23 +21,27 @@ from jobs.months import (
 
 from .conftest import ROOT
 
+DEFAULT_TIER = "unit"  # tests without a tier marker of their own
+
 
 def _pins() -> dict[str, str]:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     return {m.group(1): m.group(2) for d in deps if (m := re.match(r"([A-Za-z0-9_.-]+)==(.+)", d))}
 
 
-def test_pyspark_is_the_pinned_version_not_overwritten_by_pyspark_client():
+def test_pyspark_is_the_full_pinned_distribution_not_pyspark_client():
+    """pyspark-client 4 (pulled by the Spark provider 6.x) overwrites pyspark's Python files and ships no JARs: the
+    installed pyspark must be the pinned 3.5 line with its own Spark JARs of the same version."""
+    from importlib.metadata import version
+    from pathlib import Path
+
     import pyspark
 
     assert pyspark.__version__ == _pins()["pyspark"]
-
-
-def test_airflow_spark_provider_is_pinned_below_6():
-    from importlib.metadata import version
-
-    assert version("apache-airflow-providers-apache-spark") == _pins()["apache-airflow-providers-apache-spark"]
-    assert int(_pins()["apache-airflow-providers-apache-spark"].split(".")[0]) == 5
+    jars = {p.name for p in (Path(pyspark.__file__).parent / "jars").glob("spark-core_*.jar")}
+    assert jars == {f"spark-core_2.12-{_pins()['pyspark']}.jar"}
+    provider = version("apache-airflow-providers-apache-spark")
+    assert provider == _pins()["apache-airflow-providers-apache-spark"] and provider.startswith("5.")
 
 
 def test_default_profile_paths_and_tracking_uri(tmp_path):

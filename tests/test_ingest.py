@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -13,7 +14,9 @@ from jobs import ingest, lakehouse
 from jobs.cli import main
 from jobs.schema import BRONZE_COLUMNS, TRIP_COLUMNS
 
-from .conftest import DATA, table_version
+from .conftest import DATA, ROOT, partition_rows, table_checksum, table_version
+
+DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
 EXPECTED_DTYPES = BRONZE_COLUMNS
 
@@ -47,11 +50,11 @@ def _raw_pandas(path):
 
 
 @pytest.mark.parametrize("generation", list(GENERATIONS))
-def test_every_schema_generation_lands_in_the_same_bronze_schema(spark, settings, generation):
+def test_every_schema_generation_lands_in_the_same_bronze_schema(spark, empty_lake, generation):
     service, month, path = GENERATIONS[generation]
-    summary = ingest.run(spark, settings, service, month, str(path))
+    summary = ingest.run(spark, empty_lake, service, month, str(path))
     raw = _raw_pandas(path)
-    bronze = _bronze_month(spark, settings, service, month)
+    bronze = _bronze_month(spark, empty_lake, service, month)
 
     assert [(f.name, f.dataType.simpleString()) for f in bronze.schema.fields] == EXPECTED_DTYPES
     assert summary["rows"] == len(raw) == bronze.count()
@@ -73,17 +76,22 @@ def test_every_schema_generation_lands_in_the_same_bronze_schema(spark, settings
         assert pdf["ehail_fee"].isna().all()
 
 
-def test_rerun_replaces_the_partition_and_keeps_trip_ids(spark, settings, bronze_green):
-    before = _bronze_month(spark, settings, "green", "2023-01").select("trip_id").toPandas()
-    again = ingest.run(spark, settings, "green", "2023-01")
-    after = _bronze_month(spark, settings, "green", "2023-01").select("trip_id").toPandas()
+def test_rerun_replaces_the_partition_and_keeps_trip_ids(spark, lake):
+    before = _bronze_month(spark, lake, "green", "2023-01").select("trip_id").toPandas()
+    other_month = table_checksum_of(lake, "2023-02")
+    again = ingest.run(spark, lake, "green", "2023-01")
+    after = _bronze_month(spark, lake, "green", "2023-01").select("trip_id").toPandas()
     assert again["rows"] == len(before) == len(after) == 68211
     assert set(before["trip_id"]) == set(after["trip_id"])
     assert after["trip_id"].is_unique
-    # Other months untouched by the rerun.
-    assert _bronze_month(spark, settings, "green", "2023-02").count() == 64809
+    assert table_checksum_of(lake, "2023-02") == other_month  # other months untouched by the rerun
 
 
+def table_checksum_of(settings, month):
+    return table_checksum(lakehouse.BRONZE.path(settings), "green", month)
+
+
+@pytest.mark.spark
 def test_trip_id_is_unique_even_for_identical_rows(spark):
     from datetime import datetime
 
@@ -105,19 +113,21 @@ def test_trip_id_is_unique_even_for_identical_rows(spark):
     assert all(len(i) == 32 for i in ids)
 
 
-def test_bronze_reads_with_deltalake_without_spark(settings, bronze_green):
-    dt = DeltaTable(lakehouse.BRONZE.path(settings))
+def test_bronze_reads_with_deltalake_without_spark(golden):
+    dt = DeltaTable(lakehouse.BRONZE.path(golden.settings))
     assert dt.metadata().partition_columns == ["service", "month"]
-    pdf = dt.to_pandas(filters=[("service", "=", "green"), ("month", "=", "2023-02")])
+    pdf = partition_rows(golden.settings, lakehouse.BRONZE, "green", "2023-02")
     assert len(pdf) == 64809 and pdf["trip_id"].is_unique
 
 
-def test_raw_zone_keeps_the_file_and_its_checksum(settings, bronze_green):
+def test_raw_zone_keeps_the_file_and_its_checksum(golden):
     import hashlib
 
-    landed = ingest.landed_file(settings, "green", "2023-02")
+    landed = ingest.landed_file(golden.settings, "green", "2023-02")
+    assert Path(landed.path).parent == golden.settings.raw_dir / "green" / "2023-02"
     digest = hashlib.sha256(open(landed.path, "rb").read()).hexdigest()
     assert landed.checksum == digest
+    assert digest == hashlib.sha256((DATA / "green/green_tripdata_2023-02.parquet").read_bytes()).hexdigest()
     assert open(landed.path + ".sha256").read().split()[0] == digest
 
 
@@ -146,36 +156,55 @@ def _bad_files(tmp_path):
 @pytest.mark.parametrize(
     "case", ["truncated", "empty", "non-tlc-csv", "other-format", "missing", "outside-roots", "wrong-month"]
 )
-def test_bad_input_fails_clearly_and_changes_nothing(spark, settings, bronze_green, tmp_path, capsys, case):
+def test_bad_input_fails_clearly_and_changes_nothing(lake, cli_lakehouse, tmp_path, capsys, case):
+    cli_lakehouse(lake)
     source, message = _bad_files(tmp_path)[case]
     month = "2023-03" if case == "wrong-month" else "2023-02"
-    version = table_version(settings, lakehouse.BRONZE)
-    raw_before = sorted(p.name for p in (settings.raw_dir / "green" / "2023-02").iterdir())
+    version = table_version(lake, lakehouse.BRONZE)
+    raw_before = sorted(p.name for p in (lake.raw_dir / "green" / "2023-02").iterdir())
 
     rc = main(["ingest", "--service", "green", "--month", month, "--source", str(source)])
 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("taxi ingest: error: ") and message in err[-1]
-    assert table_version(settings, lakehouse.BRONZE) == version
-    assert sorted(p.name for p in (settings.raw_dir / "green" / "2023-02").iterdir()) == raw_before
-    assert not list((settings.raw_dir / "_staging").glob("*"))
+    assert f"green {month}: " in err[-1]  # the service and month the file was meant for
+    assert table_version(lake, lakehouse.BRONZE) == version
+    assert sorted(p.name for p in (lake.raw_dir / "green" / "2023-02").iterdir()) == raw_before
+    assert not (lake.raw_dir / "green" / "2023-03").exists()
+    assert not list((lake.raw_dir / "_staging").glob("*"))
 
 
-@pytest.mark.parametrize("argv", [["--month", "2023-13"], ["--month", "../x"], ["--service", "blue"]])
-def test_bad_arguments_exit_2_with_usage(argv, capsys):
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--month", "2023-13"], "invalid month"), (["--month", "../x"], "invalid month"),
+     (["--service", "blue"], "unknown service 'blue'")],
+)  # fmt: skip
+def test_bad_arguments_exit_2_with_usage(argv, message, capsys):
     args = {"--service": "green", "--month": "2023-01"}
     args.update(dict(zip(argv[::2], argv[1::2], strict=True)))
     with pytest.raises(SystemExit) as exc:
         main(["ingest", *[x for kv in args.items() for x in kv]])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid month" in err or "unknown service 'blue'" in err
+    assert err.startswith("usage: taxi ingest") and message in err
 
 
-def test_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit):
-        main(["ingest", "--help"])
-    out = capsys.readouterr().out
-    for opt in ("--service", "--month", "--source"):
-        assert opt in out
+@pytest.mark.unit
+def test_every_command_and_option_is_documented_in_the_readme():
+    """The README is the manual: every subcommand and every one of its options appears in it."""
+    import argparse
+
+    from jobs.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, parser in sub.choices.items():
+        if f"taxi {name}" not in readme:
+            missing.append(f"taxi {name}")
+        for action in parser._actions:
+            missing += [f"taxi {name} {o}" for o in action.option_strings if o.startswith("--") and o != "--help"
+                        and o not in readme]  # fmt: skip
+    assert missing == []

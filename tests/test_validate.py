@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,7 +13,9 @@ from jobs import ingest, lakehouse, validate
 from jobs.cli import main
 from jobs.errors import MonthRejected
 
-from .conftest import DATA, require_chromium, table_version
+from .conftest import DATA, GOLDEN_GREEN, chromium_dom, table_version
+
+DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
 
 def _pandas_rule_counts(path, month: str, service: str) -> dict[str, int]:
@@ -70,9 +70,9 @@ def _count(settings, table, service, month) -> int:
 
 
 @pytest.mark.parametrize("month", ["2023-01", "2023-02"])
-def test_gx_rule_counts_equal_an_independent_pandas_count(settings, validated_green, month):
+def test_gx_rule_counts_equal_an_independent_pandas_count(golden, month):
     expected = _pandas_rule_counts(DATA / f"green/green_tripdata_{month}.parquet", month, "green")
-    run = _last_run(settings, "green", month)
+    run = _last_run(golden.settings, "green", month)
     assert dict(run["rule_failures"]) == expected
     # The real file is messy: these rules do fire.
     assert expected["pickup_in_month"] > 0 and expected["dropoff_after_pickup"] > 0
@@ -80,35 +80,34 @@ def test_gx_rule_counts_equal_an_independent_pandas_count(settings, validated_gr
     assert run["verdict"] == "passed" and dict(run["suite_versions"])["green_rows"] == "1.1.0"
 
 
-@pytest.mark.parametrize(
-    "service, month",
-    [("green", "2022-01"), ("green", "2022-02"), ("green", "2023-01"), ("green", "2023-02"), ("yellow", "2025-02")],
-)
-def test_quarantine_is_lossless_on_every_shipped_month(spark, settings, validated_green, service, month):
-    if (service, month) not in (("green", "2023-01"), ("green", "2023-02")):
-        ingest.run(spark, settings, service, month)
-        validate.run(spark, settings, service, month)
-    raw_rows = pq.read_metadata(ingest.landed_file(settings, service, month).path).num_rows
-    valid = _count(settings, lakehouse.TRIPS, service, month)
-    quarantined = _count(settings, lakehouse.QUARANTINE, service, month)
-    assert valid + quarantined == raw_rows == _count(settings, lakehouse.BRONZE, service, month)
+@pytest.mark.parametrize("service, month", [*[("green", m) for m in GOLDEN_GREEN], ("yellow", "2025-02")])
+def test_quarantine_is_lossless_on_every_shipped_month(spark, golden, empty_lake, service, month):
+    lake = golden.settings
+    if service == "yellow":  # not in the golden lakehouse: landed into a new one
+        lake = empty_lake
+        ingest.run(spark, lake, service, month)
+        validate.run(spark, lake, service, month)
+    raw_rows = pq.read_metadata(ingest.landed_file(lake, service, month).path).num_rows
+    valid = _count(lake, lakehouse.TRIPS, service, month)
+    quarantined = _count(lake, lakehouse.QUARANTINE, service, month)
+    assert valid + quarantined == raw_rows == _count(lake, lakehouse.BRONZE, service, month)
     assert 0 < quarantined < 0.1 * raw_rows
-    q = DeltaTable(lakehouse.QUARANTINE.path(settings)).to_pandas(
+    q = DeltaTable(lakehouse.QUARANTINE.path(lake)).to_pandas(
         filters=[("service", "=", service), ("month", "=", month)]
     )
     assert q["failed_rules"].map(len).min() >= 1
     assert q["failed_reasons"].map(len).equals(q["failed_rules"].map(len))
-    trips = DeltaTable(lakehouse.TRIPS.path(settings)).to_pandas(
+    trips = DeltaTable(lakehouse.TRIPS.path(lake)).to_pandas(
         filters=[("service", "=", service), ("month", "=", month)], columns=["trip_id"]
     )
     assert not set(trips["trip_id"]) & set(q["trip_id"])
 
 
-def test_rerun_does_not_duplicate_quarantine_rows(spark, settings, validated_green):
-    before = _count(settings, lakehouse.QUARANTINE, "green", "2023-02")
-    again = validate.run(spark, settings, "green", "2023-02")
-    assert _count(settings, lakehouse.QUARANTINE, "green", "2023-02") == before == again["rows_quarantined"]
-    assert _count(settings, lakehouse.TRIPS, "green", "2023-02") == again["rows_valid"]
+def test_rerun_does_not_duplicate_quarantine_rows(spark, lake):
+    before = _count(lake, lakehouse.QUARANTINE, "green", "2023-02")
+    again = validate.run(spark, lake, "green", "2023-02")
+    assert _count(lake, lakehouse.QUARANTINE, "green", "2023-02") == before == again["rows_quarantined"]
+    assert _count(lake, lakehouse.TRIPS, "green", "2023-02") == again["rows_valid"]
 
 
 def _mutated(tmp_path, change):
@@ -136,35 +135,35 @@ def _mutated(tmp_path, change):
         ),
     ],
 )
-def test_broken_schema_rejects_the_whole_month(spark, settings, validated_green, tmp_path, capsys, case, change, rule):
+def test_broken_schema_rejects_the_whole_month(spark, lake, cli_lakehouse, tmp_path, capsys, case, change, rule):
     """The month is rejected with the rule named; nothing downstream changes; the run is recorded."""
-    ingest.run(spark, settings, "green", "2023-02", str(_mutated(tmp_path, change)))
-    versions = {t.key: table_version(settings, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)}
+    cli_lakehouse(lake)
+    ingest.run(spark, lake, "green", "2023-02", str(_mutated(tmp_path, change)))
+    versions = {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)}
     rc = main(["validate", "--service", "green", "--month", "2023-02"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == MonthRejected.exit_code
     assert err.startswith("taxi validate: error: green 2023-02 rejected: ") and rule in err
-    assert {t.key: table_version(settings, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)} == versions
-    run = _last_run(settings, "green", "2023-02")
+    assert {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)} == versions
+    run = _last_run(lake, "green", "2023-02")
     assert run["verdict"] == "rejected" and rule in list(run["file_rules_failed"])
-    # Put the real month back for the other tests.
-    ingest.run(spark, settings, "green", "2023-02")
-    validate.run(spark, settings, "green", "2023-02")
 
 
-def test_too_many_failing_rows_reject_the_month(spark, settings, validated_green, tmp_path):
+def test_too_many_failing_rows_reject_the_month(spark, lake, tmp_path):
     def bad_distances(t):
         d = t["trip_distance"].to_numpy().copy()
         d[: len(d) // 5] = 500.0  # 20% of rows over the 100-mile limit
         return t.set_column(t.column_names.index("trip_distance"), "trip_distance", pa.array(d))
 
-    ingest.run(spark, settings, "green", "2023-02", str(_mutated(tmp_path, bad_distances)))
+    ingest.run(spark, lake, "green", "2023-02", str(_mutated(tmp_path, bad_distances)))
+    versions = {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)}
     with pytest.raises(MonthRejected, match=r"of rows fail the row rules .*trip_distance_range="):
-        validate.run(spark, settings, "green", "2023-02")
-    ingest.run(spark, settings, "green", "2023-02")
-    validate.run(spark, settings, "green", "2023-02")
+        validate.run(spark, lake, "green", "2023-02")
+    assert {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)} == versions
+    assert _last_run(lake, "green", "2023-02")["verdict"] == "rejected"
 
 
+@pytest.mark.spark
 def test_row_rule_predicates_match_gx_semantics_on_a_tiny_frame(spark):
     """Nulls are ignored by range/set rules and counted by not-null rules, exactly as GX does."""
     df = spark.createDataFrame(
@@ -192,24 +191,10 @@ def test_row_rule_predicates_match_gx_semantics_on_a_tiny_frame(spark):
     assert got == {(1, 5.0): [], (None, 150.0): ["d_range", "v_nn"], (3, None): ["f_set"], (4, -1.0): ["d_range"]}
 
 
-def test_data_docs_render_in_headless_chromium(settings, validated_green):
-    chromium = require_chromium()
-    index = settings.reports_dir / "validation/gx/uncommitted/data_docs/local_site/index.html"
+@pytest.mark.slow
+def test_data_docs_render_in_headless_chromium(golden):
+    index = golden.settings.reports_dir / "validation/gx/uncommitted/data_docs/local_site/index.html"
     assert index.exists()
-    dom = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            index.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = chromium_dom(index.as_uri())
     assert "green_rows" in dom and "green_file" in dom
     assert "Failed" in dom or "failed" in dom  # 2023-02 has failing row rules: the page shows them
