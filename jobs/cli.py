@@ -85,7 +85,15 @@ def cmd_features(settings, args):
 def cmd_train(settings, args):
     from . import train
 
-    return _with_spark(settings, args, lambda s: train.run(s, settings, args.service, args.until, args.months))
+    return _with_spark(
+        settings, args, lambda s: train.run(s, settings, args.service, args.until, args.months, args.force)
+    )
+
+
+def cmd_promote(settings, args):
+    from . import promote
+
+    return _with_spark(settings, args, lambda s: promote.run(s, settings, args.service, args.version, args.rollback))
 
 
 def cmd_score(settings, args):
@@ -211,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train XGBoost and LightGBM on Spark, log to MLflow, promote the best if it beats the champion",
         description="Trains on the feature months up to --until (the last month present validates), logs "
         "baselines, scratch and warm-started candidates to MLflow, registers the best one and moves the "
-        "'champion' alias only if it beats the current champion on the same validation month.",
+        "'champion' alias only if it beats the current champion on the same validation month. A window whose "
+        "validation month the champion has already seen registers nothing (exit 0).",
     )
     p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
     p.add_argument(
@@ -221,7 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="last month of the window, YYYY-MM, or 'latest' (the newest month in silver/features)",
     )
     p.add_argument("--months", type=int, help="window length in months (default: train.months)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train and register even when the champion has already seen the validation month (the gate is then "
+        "not out-of-sample for the champion; the gate report says so)",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "promote",
+        help="move the 'champion' alias to a registered version, or back to the previous champion",
+        description="Compares the version with the champion on the newest feature month neither has seen (or on "
+        "their recorded validation RMSE), logs that gate report to MLflow, then moves the alias.",
+    )
+    p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--version", type=int, help="the registered version to make champion")
+    target.add_argument("--rollback", action="store_true", help="return to the champion before the current one")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
         "score",
@@ -248,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "monitor",
-        help="weekly drift (PSI, JS, KS, Wasserstein) and accuracy of the champion; retrain flag",
-        description="Compares the week's scored trips with the champion's training window; writes "
+        help="weekly drift (PSI, JS, KS, Wasserstein) and accuracy of the scoring model; retrain flag",
+        description="Compares the week's scored trips with the reference profile of the model version that "
+        "scored them (its out-of-sample validation month); writes "
         "monitoring/drift, an MLflow run with an HTML report, and <lakehouse>/reports/drift/<service>/<week>.json "
         "whose 'retrain' flag the Airflow DAG branches on.",
     )

@@ -134,7 +134,12 @@ class MonitorConfig(_Section):
     psi_threshold: float = Field(0.2, gt=0)
     js_threshold: float = Field(0.1, gt=0)
     share_of_drifted_features: float = Field(0.3, gt=0, le=1)
-    rmse_threshold: float = Field(8.0, gt=0)
+    rmse_threshold: float = Field(8.0, gt=0)  # absolute ceiling on a week's RMSE (minutes)
+    rmse_ratio: float = Field(1.25, gt=1)  # error when week RMSE > rmse_ratio x the reference (validation) RMSE
+    drift_weeks: int = Field(2, ge=1)  # retrain for drift when drift_weeks of the last drift_window weeks drifted
+    drift_window: int = Field(3, ge=1)
+    key_features: list[str] = Field(default_factory=lambda: ["trip_distance", "PULocationID", "DOLocationID"])
+    max_reference_missing: float = Field(0.5, gt=0, le=1)  # a feature mostly missing in the reference is not judged
     sample_rows: int = Field(20000, gt=0)
 
 

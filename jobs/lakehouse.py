@@ -100,13 +100,15 @@ def retry_on_conflict(write, what: str, retries: int, backoff_s: float) -> int:
     raise AssertionError("unreachable")
 
 
-def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: str) -> int:
-    """Atomically replace the rows matching ``predicate`` with ``df``; returns the Delta version written."""
+def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: str, merge_schema: bool = False) -> int:
+    """Atomically replace the rows matching ``predicate`` with ``df``; returns the Delta version written.
+    ``merge_schema`` lets a newer job add columns to a table an older one wrote."""
     retry_on_conflict(
         lambda: (
             df.write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", predicate)
+            .option("mergeSchema", str(merge_schema).lower())
             .option("userMetadata", run_id)
             .partitionBy(*table.partition_by)
             .save(table.path(settings))

@@ -1,271 +1,101 @@
-"""Monitor: weekly drift and accuracy of the champion, to ``monitoring/drift``, MLflow and an HTML report.
+"""Monitor: weekly drift and accuracy of the model version that scored the week, to ``monitoring/drift``, MLflow,
+an HTML report and a JSON summary.
 
-Reference: the champion's own training window (its registered version's training run names the months).
-Current: the week's scored trips (``gold/predictions`` joined with their features). For every monitored feature
-and for the predictions, bins are fixed from the reference (quantiles for continuous features, the most
-frequent values for categorical ones, plus "other" and "missing"), both sides are counted in Spark in one pass
-each, and PSI and Jensen-Shannon distance come from those counts; Kolmogorov-Smirnov and Wasserstein distances
-are computed on a sample for continuous features. Accuracy (RMSE, MAE, bias, overall and by borough) is computed
-where actual durations are known. The verdict ("drift", "error" or "ok") and a ``retrain`` flag drive the
-Airflow DAG; the Spark aggregates in the Delta table are the source of truth.
+Reference: the profile stored with that model version at registration, i.e. its validation month as the model
+predicted it before the refit (out-of-sample; see :mod:`jobs.monitoring.profile`). Nothing from the training
+window is read or re-predicted: the job reads only the week's scored trips (``gold/predictions`` joined with
+their features). A week inside the version's training window is reported as ``in_sample`` with no verdict.
+Verdict: ``error`` (week RMSE over ``rmse_ratio`` x the reference RMSE, or the absolute ceiling), ``drift`` (one
+rule per feature type, see :mod:`jobs.monitoring.stats`) or ``ok``; ``retrain`` at once on error and on drift only
+when ``drift_weeks`` of the last ``drift_window`` weeks drifted. The Delta table is the source of truth.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
-from . import lakehouse
+from . import lakehouse, registry
 from .config import Settings
 from .errors import MissingUpstream
 from .features import TARGET
 from .log import JobLog, spark_progress
-from .modeling import PREDICTION, experiment_id, load_registered, predict_minutes, regression_metrics, setup_mlflow
-from .months import check_service, check_week, week_bounds, week_months
+from .modeling import PREDICTION, experiment_id, setup_mlflow
+from .monitoring.profile import accuracy, continuous_sample, profile_parts
+from .monitoring.report import html_report, zone_names
+from .monitoring.stats import binned_counts, drift_metrics, judge_features, retrain_decision, verdict
+from .months import add_weeks, check_service, check_week, week_bounds, week_months
 
-CONTINUOUS = [
-    "trip_distance",
-    "pickup_hour",
-    "hour_of_week",
-    "centroid_distance_km",
-    "centroid_bearing_deg",
-    "hist_median_duration_min",
-    "hist_median_speed_mph",
-    "hist_trip_count",
-]
-CATEGORICAL = [
-    "PULocationID",
-    "DOLocationID",
-    "pu_borough_code",
-    "do_borough_code",
-    "pu_airport",
-    "do_airport",
-    "day_of_week",
-    "is_holiday",
-    "VendorID",
-    "RatecodeID",
-    "trip_type",
-    "passenger_count",
-    "hist_level",
-]
-MAX_CATEGORIES = 40
-EPS = 1e-4
-MISSING, OTHER = -1, -2
+# The JSON next to each report: other tooling reads these keys.
+SUMMARY_KEYS = ("verdict", "retrain", "drifted_features", "performance", "reference_performance", "model_version",
+                "week")  # fmt: skip
+DRIFT_SCHEMA = (
+    "service string, week string, feature string, metric string, value double, threshold double, drifted boolean, "
+    "judged boolean, reference_months string, model_version int, verdict string, run_id string"
+)
 
 
-@dataclass
-class BinSpec:
-    feature: str
-    kind: str  # continuous | categorical
-    edges: list[float] | None = None  # continuous: inner edges (bins: (-inf,e0], (e0,e1], ..., (en,inf))
-    categories: list[float] | None = None  # categorical: one bin each, then OTHER
-
-    def labels(self) -> list[int]:
-        n = len(self.edges) + 1 if self.kind == "continuous" else len(self.categories)
-        return [*range(n), OTHER, MISSING] if self.kind == "categorical" else [*range(n), MISSING]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pure math (hand-checked in tests)
-# ---------------------------------------------------------------------------------------------------------------
-def proportions(counts: list[float]) -> list[float]:
-    total = sum(counts)
-    return [(c / total if total else 0.0) for c in counts]
-
-
-def psi(reference: list[float], current: list[float], eps: float = EPS) -> float:
-    """Population stability index of two binned count vectors (zero shares smoothed to ``eps``)."""
-    r = [max(p, eps) for p in proportions(reference)]
-    c = [max(p, eps) for p in proportions(current)]
-    return sum((ci - ri) * math.log(ci / ri) for ri, ci in zip(r, c, strict=True))
-
-
-def js_distance(reference: list[float], current: list[float]) -> float:
-    """Jensen-Shannon distance (base 2, in [0, 1]): the square root of the JS divergence."""
-    p, q = proportions(reference), proportions(current)
-    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
-
-    def kl(x, y):
-        return sum(a * math.log2(a / b) for a, b in zip(x, y, strict=True) if a > 0)
-
-    return math.sqrt(max(0.0, (kl(p, m) + kl(q, m)) / 2))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Spark side: bins from the reference, counts for both sides in one pass each
-# ---------------------------------------------------------------------------------------------------------------
-def bin_specs(reference, bins: int) -> list[BinSpec]:
+def scored_week(spark, settings: Settings, service: str, week: str):
+    """The week's scored trips with their features (only the week's month partitions are read)."""
     from pyspark.sql import functions as F
 
-    specs = []
-    probs = [i / bins for i in range(1, bins)]
-    quantiles = reference.approxQuantile([*CONTINUOUS, PREDICTION], probs, 0.001)
-    for feature, qs in zip([*CONTINUOUS, PREDICTION], quantiles, strict=True):
-        specs.append(BinSpec(feature, "continuous", edges=sorted(set(qs))))
-    for feature in CATEGORICAL:
-        top = (
-            reference.where(F.col(feature).isNotNull())
-            .groupBy(feature)
-            .count()
-            .orderBy(F.desc("count"), feature)
-            .limit(MAX_CATEGORIES)
-            .collect()
-        )
-        specs.append(BinSpec(feature, "categorical", categories=sorted(float(r[0]) for r in top)))
-    return specs
-
-
-def _bin_expr(spec: BinSpec):
-    from pyspark.sql import functions as F
-
-    col = F.col(spec.feature).cast("double")
-    expr = F.lit(MISSING)
-    if spec.kind == "continuous":
-        inner = F.lit(len(spec.edges))
-        for i, edge in reversed(list(enumerate(spec.edges))):
-            inner = F.when(col <= edge, F.lit(i)).otherwise(inner)
-        return F.when(col.isNull() | F.isnan(col), expr).otherwise(inner)
-    inner = F.lit(OTHER)
-    for i, cat in enumerate(spec.categories):
-        inner = F.when(col == cat, F.lit(i)).otherwise(inner)
-    return F.when(col.isNull(), expr).otherwise(inner)
-
-
-def binned_counts(df, specs: list[BinSpec]) -> dict[str, dict[int, int]]:
-    """{feature: {bin: count}} for every spec, from one scan of ``df``."""
-    from pyspark.sql import functions as F
-
-    pairs = F.array(*[F.struct(F.lit(s.feature).alias("f"), _bin_expr(s).alias("b")) for s in specs])
-    rows = df.select(F.explode(pairs).alias("p")).groupBy("p.f", "p.b").count().collect()
-    out: dict[str, dict[int, int]] = {s.feature: {} for s in specs}
-    for r in rows:
-        out[r["f"]][int(r["b"])] = int(r["count"])
-    return out
-
-
-def drift_metrics(specs, ref_counts, cur_counts, ref_sample=None, cur_sample=None) -> list[dict[str, Any]]:
-    """One record per feature and metric: psi, js_distance (all), ks, wasserstein (continuous, on samples)."""
-    from scipy import stats
-
-    records = []
-    for s in specs:
-        labels = s.labels()
-        r = [ref_counts[s.feature].get(b, 0) for b in labels]
-        c = [cur_counts[s.feature].get(b, 0) for b in labels]
-        records.append({"feature": s.feature, "metric": "psi", "value": psi(r, c)})
-        records.append({"feature": s.feature, "metric": "js_distance", "value": js_distance(r, c)})
-        if s.kind == "continuous" and ref_sample is not None and cur_sample is not None:
-            a, b = ref_sample[s.feature].dropna(), cur_sample[s.feature].dropna()
-            if len(a) and len(b):
-                records.append({"feature": s.feature, "metric": "ks", "value": float(stats.ks_2samp(a, b).statistic)})
-                records.append(
-                    {"feature": s.feature, "metric": "wasserstein", "value": float(stats.wasserstein_distance(a, b))}
-                )
-    return records
-
-
-def verdict(records: list[dict[str, Any]], perf: dict[str, float], settings: Settings) -> dict[str, Any]:
-    """Per-feature drift flags, the overall verdict and whether to retrain."""
-    m = settings.monitor
-    drifted = sorted(
-        {
-            r["feature"]
-            for r in records
-            if (r["metric"] == "psi" and r["value"] > m.psi_threshold)
-            or (r["metric"] == "js_distance" and r["value"] > m.js_threshold)
-        }
+    if not lakehouse.exists(settings, lakehouse.PREDICTIONS):
+        raise MissingUpstream(f"gold/predictions is empty: run `taxi score --service {service}` for {week} first")
+    start, end = week_bounds(week)
+    months = week_months(week)
+    preds = (
+        lakehouse.read(spark, settings, lakehouse.PREDICTIONS)
+        .where(F.col("service") == service)
+        .where(F.col("month").isin(months))
+        .where((F.col("pickup_datetime") >= start) & (F.col("pickup_datetime") < end))
+        .select("trip_id", PREDICTION, "model_version")
     )
-    features = {r["feature"] for r in records if r["feature"] != PREDICTION}
-    share = len([f for f in drifted if f != PREDICTION]) / max(1, len(features))
-    drift = share >= m.share_of_drifted_features or PREDICTION in drifted
-    error = perf.get("rmse") is not None and perf["rmse"] > m.rmse_threshold
-    return {
-        "verdict": "error" if error else ("drift" if drift else "ok"),
-        "retrain": bool(drift or error),
-        "drifted_features": drifted,
-        "drifted_share": round(share, 4),
-    }
+    feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
+    return feats.where(F.col("month").isin(months)).join(preds, "trip_id")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------------------------
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+def scoring_version(current) -> int:
+    """The model version that scored most of the week's trips (a promotion mid-week leaves two)."""
+    row = current.groupBy("model_version").count().orderBy("count", ascending=False).first()
+    return int(row["model_version"])
 
 
-def html_report(service: str, week: str, summary: dict, records, specs, ref_counts, cur_counts, perf_history):
-    """A self-contained HTML page: verdict, per-feature table, histograms of the most drifted, RMSE over weeks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_feature: dict[str, dict[str, float]] = {}
-    for r in records:
-        by_feature.setdefault(r["feature"], {})[r["metric"]] = r["value"]
-    ranked = sorted(by_feature.items(), key=lambda kv: -kv[1].get("psi", 0))
-    spec_of = {s.feature: s for s in specs}
-    images = []
-    for feature, _ in ranked[:4]:
-        s = spec_of[feature]
-        labels = s.labels()
-        r = proportions([ref_counts[feature].get(b, 0) for b in labels])
-        c = proportions([cur_counts[feature].get(b, 0) for b in labels])
-        fig, ax = plt.subplots(figsize=(6, 3))
-        x = list(range(len(labels)))
-        ax.bar([i - 0.2 for i in x], r, width=0.4, label="reference")
-        ax.bar([i + 0.2 for i in x], c, width=0.4, label=f"week {week}")
-        ax.set_title(f"{feature}: PSI {by_feature[feature].get('psi', 0):.3f}")
-        ax.set_xlabel("bin (reference quantiles / top categories; last: missing)")
-        ax.legend()
-        images.append(_png(fig))
-        plt.close(fig)
-    if perf_history:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        weeks = [w for w, _ in perf_history]
-        ax.plot(weeks, [v for _, v in perf_history], marker="o")
-        ax.set_title("RMSE (minutes) over weeks")
-        ax.tick_params(axis="x", rotation=45)
-        images.append(_png(fig))
-        plt.close(fig)
-    rows = "".join(
-        f"<tr class='{'drift' if f in summary['drifted_features'] else ''}'><td>{html.escape(f)}</td>"
-        + "".join(f"<td>{m.get(k, float('nan')):.4f}</td>" for k in ("psi", "js_distance", "ks", "wasserstein"))
-        + "</tr>"
-        for f, m in ranked
+def earlier_verdicts(spark, settings: Settings, service: str, week: str) -> list[str]:
+    """Verdicts of the ``drift_window - 1`` weeks before ``week``, oldest first ("none" where no report)."""
+    weeks = [add_weeks(week, -k) for k in range(settings.monitor.drift_window - 1, 0, -1)]
+    if not weeks or not lakehouse.exists(settings, lakehouse.DRIFT):
+        return ["none"] * len(weeks)
+    rows = (
+        lakehouse.read(spark, settings, lakehouse.DRIFT)
+        .where(f"service = '{service}'")
+        .where(lakehouse_in("week", weeks))
+        .select("week", "verdict")
+        .distinct()
+        .collect()
     )
-    perf = summary.get("performance", {})
-    perf_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in sorted(perf.items()))
-    imgs = "".join(f"<img src='data:image/png;base64,{i}'/>" for i in images)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift report {service} {week}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;
-padding:3px 8px}} tr.drift{{background:#fdd}} .verdict{{font-size:1.4em}}</style></head><body>
-<h1>Drift report: {service}, week {week}</h1>
-<p class="verdict" id="verdict">Verdict: <b>{summary["verdict"]}</b> (retrain: {summary["retrain"]})</p>
-<p>Reference: months {", ".join(summary["reference_months"])} (champion v{summary["model_version"]});
-current: {summary["current_rows"]} scored trips. Drifted: {", ".join(summary["drifted_features"]) or "none"}.</p>
-<h2>Features</h2><table id="features"><tr><th>feature</th><th>PSI</th><th>JS distance</th><th>KS</th>
-<th>Wasserstein</th></tr>{rows}</table>
-<h2>Accuracy (trips with known duration, 1-60 min)</h2><table id="performance">{perf_rows}</table>
-<h2>Plots</h2>{imgs}</body></html>"""
+    found = {r.week: r.verdict for r in rows}
+    return [found.get(w, "none") for w in weeks]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------------------------
-def reference_months(champion_mv, mlflow) -> list[str]:
-    run = mlflow.get_run(champion_mv.tags["training_run_id"])
-    parent = mlflow.get_run(run.data.tags["mlflow.parentRunId"]) if "mlflow.parentRunId" in run.data.tags else run
-    months = parent.data.params["train_months"].split(",")
-    return [*months, parent.data.params["valid_month"]]
+def lakehouse_in(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def accuracy_detail(current, sample_rows: int):
+    """Mean residual by hour of week and a predicted-vs-actual sample, over trips with a known duration."""
+    from pyspark.sql import functions as F
+
+    known = current.where("in_training_range")
+    residuals = [
+        r.asDict()
+        for r in known.groupBy("hour_of_week")
+        .agg(F.avg(F.col(PREDICTION) - F.col(TARGET)).alias("mean_residual"))
+        .orderBy("hour_of_week")
+        .collect()
+    ]
+    scatter = known.select(F.col(TARGET).alias("actual"), F.col(PREDICTION).alias("predicted")).limit(sample_rows)
+    return residuals, scatter.toPandas()
 
 
 def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: bool = False) -> dict[str, Any]:
@@ -275,51 +105,46 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
     check_week(week)
     log = JobLog("monitor", service, week)
     mlflow = setup_mlflow(settings)
-    model, mv = load_registered(settings, service, alias="champion")
-    ref_months = reference_months(mv, mlflow)
-    start, end = week_bounds(week)
-    if not lakehouse.exists(settings, lakehouse.PREDICTIONS):
-        raise MissingUpstream(f"gold/predictions is empty: run `taxi score --service {service}` for {week} first")
-    feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
-    preds = (
-        lakehouse.read(spark, settings, lakehouse.PREDICTIONS)
-        .where(F.col("service") == service)
-        .where(F.col("month").isin(week_months(week)))
-        .where((F.col("pickup_datetime") >= start) & (F.col("pickup_datetime") < end))
-        .select("trip_id", PREDICTION, "model_version")
-    )
-    current = feats.where(F.col("month").isin(week_months(week))).join(preds, "trip_id").cache()
+    current = scored_week(spark, settings, service, week).cache()
     n_current = current.count()
     if n_current == 0:
         raise MissingUpstream(f"no scored {service} trips in week {week}: run `taxi score` for {week_months(week)}")
-    reference = predict_minutes(
-        feats.where(F.col("month").isin(ref_months)),
-        model,
-        [*CONTINUOUS, *CATEGORICAL, TARGET, "pu_borough", "in_training_range"],  # fmt: skip
-    ).cache()
-    log.info("data", reference_months=",".join(ref_months), current_rows=n_current, model_version=mv.version)
+    mv = registry.version(settings, service, scoring_version(current))
+    specs, ref_counts, ref_sample, ref_perf = profile_parts(profile := registry.load_reference_profile(mv))
+    seen = registry.trained_through(mv) or profile["month"]
+    log.info("data", reference_month=profile["month"], current_rows=n_current, model_version=mv.version)
 
     with spark_progress(spark, log):
-        specs = bin_specs(reference, settings.monitor.bins)
-        ref_counts, cur_counts = binned_counts(reference, specs), binned_counts(current, specs)
-        n = settings.monitor.sample_rows
-        cols = [*CONTINUOUS, PREDICTION]
-        ref_sample = reference.select(*cols).sample(min(1.0, n / max(1, reference.count())), seed=1).toPandas()
-        cur_sample = current.select(*cols).sample(min(1.0, n / n_current), seed=1).toPandas()
-        records = drift_metrics(specs, ref_counts, cur_counts, ref_sample, cur_sample)
-        known = current.where(F.col("in_training_range"))  # actual duration known and in the modelled range
-        perf = regression_metrics(known)
-        perf.update({k: v for k, v in regression_metrics(known, by="pu_borough").items() if k.startswith("rmse_")})
-        ref_perf = regression_metrics(reference.where("in_training_range"))
+        cur_counts = binned_counts(current, specs)
+        records = drift_metrics(specs, ref_counts, cur_counts, ref_sample,
+                                continuous_sample(current, settings.monitor.sample_rows))  # fmt: skip
+        judgements = judge_features(specs, records, ref_counts, settings)
+        perf = accuracy(current)
+        residuals, scatter = accuracy_detail(current, 3000)
+    result = verdict(judgements, perf, ref_perf, settings, in_sample=week_months(week)[0] <= seen)
+    retrain, retrain_reason = retrain_decision(result["verdict"], earlier_verdicts(spark, settings, service, week),
+                                               settings)  # fmt: skip
     summary = {
         "service": service,
         "week": week,
-        "reference_months": ref_months,
         "model_version": int(mv.version),
+        "reference": {
+            "kind": "out-of-sample validation month, predicted before refit",
+            "month": profile["month"],
+            "rows": profile["rows"],
+            "trained_through": seen,
+        },  # fmt: skip
         "current_rows": n_current,
-        **verdict(records, perf, settings),
+        "known_rows": int(perf.get("n", 0)),
+        **result,
+        "retrain": retrain,
+        "retrain_reason": retrain_reason,
+        "features": {
+            j["feature"]: {k: j[k] for k in ("rule", "value", "threshold", "fired", "counts", "excluded")}
+            for j in judgements
+        },  # fmt: skip
         "performance": {k: v for k, v in perf.items() if not k.startswith("n")},
-        "reference_performance": {k: v for k, v in ref_perf.items() if k != "n"},
+        "reference_performance": {k: v for k, v in ref_perf.items() if not k.startswith("n")},
     }
     for name, value in summary["performance"].items():
         records.append({"feature": "_performance", "metric": name, "value": value})
@@ -327,20 +152,20 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         records.append({"feature": "_reference_performance", "metric": f"reference_{name}", "value": value})
 
     run_id = lakehouse.new_run_id("monitor")
-    drifted = set(summary["drifted_features"])
-    rows = [
-        (service, week, r["feature"], r["metric"], float(r["value"]), _threshold(r["metric"], settings),
-         r["feature"] in drifted, ",".join(ref_months), int(mv.version), summary["verdict"], run_id)
-        for r in records
-    ]  # fmt: skip
-    schema = (
-        "service string, week string, feature string, metric string, value double, threshold double, "
-        "drifted boolean, reference_months string, model_version int, verdict string, run_id string"
+    judged = {(j["feature"], j["rule"]): j for j in judgements}
+
+    def row(r):
+        j = judged.get((r["feature"], r["metric"]))
+        threshold = j["threshold"] if j else (result["rmse_limit"] if r["feature"] == "_performance"
+                                              and r["metric"] == "rmse" else None)  # fmt: skip
+        return (service, week, r["feature"], r["metric"], float(r["value"]), threshold, bool(j and j["fired"]),
+                bool(j and j["counts"]), profile["month"], int(mv.version), result["verdict"], run_id)  # fmt: skip
+
+    drift_df = spark.createDataFrame([row(r) for r in records], DRIFT_SCHEMA).withColumn(
+        "computed_at", F.current_timestamp()
     )
-    drift_df = spark.createDataFrame(rows, schema).withColumn("computed_at", F.current_timestamp())
-    version = lakehouse.replace_where(
-        drift_df, settings, lakehouse.DRIFT, run_id, f"service = '{service}' AND week = '{week}'"
-    )
+    version = lakehouse.replace_where(drift_df, settings, lakehouse.DRIFT, run_id,
+                                      f"service = '{service}' AND week = '{week}'", merge_schema=True)  # fmt: skip
     history = (
         lakehouse.read(spark, settings, lakehouse.DRIFT, version)
         .where(f"service = '{service}' AND feature = '_performance' AND metric = 'rmse'")
@@ -348,46 +173,51 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         .orderBy("week")
         .collect()
     )
-    report = html_report(service, week, summary, records, specs, ref_counts, cur_counts,
-                         [(r.week, r.value) for r in history])  # fmt: skip
     out_dir = settings.reports_dir / "drift" / service
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / f"{week}.html"
-    report_path.write_text(report)
-    summary.update(report=str(report_path), drift_version=version, run_id=run_id)
-    (out_dir / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
-
     exp = experiment_id(settings, f"monitor-{service}")
     mlflow.set_experiment(experiment_id=exp)
     with mlflow.start_run(experiment_id=exp, run_name=f"{service}-{week}") as mrun:
-        mlflow.log_params({"service": service, "week": week, "reference_months": ",".join(ref_months),
+        mlflow.log_params({"service": service, "week": week, "reference_month": profile["month"],
                            "model_version": mv.version, "current_rows": n_current})  # fmt: skip
         mlflow.log_metrics({_metric_name(r): r["value"] for r in records if not math.isnan(r["value"])})
-        mlflow.set_tags({"verdict": summary["verdict"], "retrain": str(summary["retrain"])})
+        mlflow.set_tags({"verdict": result["verdict"], "retrain": str(retrain)})
+        report_path.write_text(
+            html_report(summary, judgements, records, specs, ref_counts, cur_counts,
+                        zone_names(settings.data.zone_lookup), residuals, scatter,
+                        [(r.week, r.value) for r in history], mlflow_link(settings, exp, mrun.info.run_id))
+        )  # fmt: skip
         mlflow.log_artifact(str(report_path), "report")
-    summary["mlflow_run_id"] = mrun.info.run_id
+    summary.update(report=str(report_path), drift_version=version, run_id=run_id, mlflow_run_id=mrun.info.run_id)
+    (out_dir / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
     current.unpersist()
-    reference.unpersist()
     log.info(
         "done",
-        verdict=summary["verdict"],
-        retrain=summary["retrain"],
-        drifted=",".join(sorted(drifted)) or "none",
+        verdict=result["verdict"],
+        retrain=retrain,
+        drifted=",".join(result["drifted_features"]) or "none",
         rmse=round(perf.get("rmse", float("nan")), 3),
         report=report_path,
         duration_s=round(log.elapsed(), 1),
     )
-    if fail_on_retrain and summary["retrain"]:
+    if fail_on_retrain and retrain:
         summary["exit_code"] = 10
     return summary
+
+
+def mlflow_link(settings: Settings, experiment: str, run_id: str) -> str:
+    """A link to the run when the tracking server has a web UI; otherwise where to find the run."""
+    import html
+
+    uri = settings.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        url = f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return f"<a href='{html.escape(url)}'>run {run_id}</a>"
+    return f"run {run_id} in {html.escape(uri)} (open with `mlflow ui --backend-store-uri {html.escape(uri)}`)"
 
 
 def _metric_name(record: dict[str, Any]) -> str:
     if record["feature"].startswith("_"):  # accuracy records: "rmse", "reference_rmse", "rmse_pu_borough_Queens"
         return record["metric"]
     return f"{record['metric']}_{record['feature']}"
-
-
-def _threshold(metric: str, settings: Settings) -> float | None:
-    m = settings.monitor
-    return {"psi": m.psi_threshold, "js_distance": m.js_threshold, "rmse": m.rmse_threshold}.get(metric)

@@ -76,3 +76,10 @@ def week_months(week: str) -> list[str]:
     start, end = week_bounds(week)
     last = end - dt.timedelta(seconds=1)
     return sorted({start.strftime("%Y-%m"), last.strftime("%Y-%m")})
+
+
+def add_weeks(week: str, n: int) -> str:
+    """The ISO week ``n`` weeks after ``week`` (negative: before)."""
+    start, _ = week_bounds(week)
+    year, number, _ = (start + dt.timedelta(weeks=n)).isocalendar()
+    return f"{year}-W{number:02d}"

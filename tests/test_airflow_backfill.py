@@ -49,9 +49,12 @@ def _runs(env) -> dict[str, tuple[str, str]]:
     return {run_id: (str(logical)[:7], state) for run_id, logical, state in rows}
 
 
-def _finished(env) -> bool:
+def _finished(env, runs: int = len(MONTHS)) -> bool:
+    """Every run ended and the scheduler closed the backfill: it marks a backfill complete on a later loop than its
+    last run's end, and a new backfill of the same DAG is refused until then."""
     states = [state for _, state in _runs(env).values()]
-    return len(states) == len(MONTHS) and all(s in ("success", "failed") for s in states)
+    open_backfills = _metadata(env, "select id from backfill where dag_id = ? and completed_at is null", DAG_ID)
+    return len(states) == runs and all(s in ("success", "failed") for s in states) and not open_backfills
 
 
 def _delta_version(path: Path) -> int:

@@ -1,5 +1,6 @@
-"""Monitoring: PSI/JS against hand-worked values; the verdict rules at their boundaries; real weeks show low drift;
-a shifted week is flagged with the shifted feature named."""
+"""Monitoring: PSI/JS against hand-worked values; the rules at their boundaries; real weeks judged against the
+out-of-sample profile of the version that scored them; drift, error and the N-of-M retrain rule on distorted weeks;
+no training-window rows read; in-sample weeks get no verdict."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import math
 import pytest
 from deltalake import DeltaTable
 
-from jobs import lakehouse, monitor
-from jobs.modeling import PREDICTION, load_registered, predict_minutes, setup_mlflow
+from jobs import lakehouse, monitor, score
+from jobs.modeling import PREDICTION
+from jobs.monitoring import stats
+from jobs.monitoring.report import bin_labels, zone_names
+from jobs.monitoring.stats import MISSING, OTHER, BinSpec
 
-from .conftest import GOLDEN_WEEK, chromium_dom
+from .conftest import GOLDEN_WEEK, GOLDEN_WEEKS, chromium_dom
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
@@ -20,144 +24,219 @@ DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 @pytest.mark.unit
 def test_psi_by_hand():
     # shares (0.5, 0.5) -> (0.25, 0.75): (0.25-0.5)ln(0.5) + (0.75-0.5)ln(1.5) = 0.1733 + 0.1014 = 0.2747
-    assert monitor.psi([50, 50], [25, 75]) == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
-    assert monitor.psi([50, 50], [25, 75]) == pytest.approx(0.2747, abs=1e-4)
-    assert monitor.psi([10, 20, 70], [1, 2, 7]) == pytest.approx(0.0)  # same shares, other totals
+    assert stats.psi([50, 50], [25, 75]) == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
+    assert stats.psi([50, 50], [25, 75]) == pytest.approx(0.2747, abs=1e-4)
+    assert stats.psi([10, 20, 70], [1, 2, 7]) == pytest.approx(0.0)  # same shares, other totals
     # An empty bin is smoothed to 1e-4 instead of dividing by zero.
-    assert monitor.psi([100, 0], [50, 50]) == pytest.approx(
-        (0.5 - 1) * math.log(0.5) + (0.5 - 1e-4) * math.log(0.5 / 1e-4)
-    )
+    smoothed = (0.5 - 1) * math.log(0.5) + (0.5 - 1e-4) * math.log(0.5 / 1e-4)
+    assert stats.psi([100, 0], [50, 50]) == pytest.approx(smoothed)
 
 
 @pytest.mark.unit
 def test_js_distance_by_hand():
-    assert monitor.js_distance([1, 0], [0, 1]) == pytest.approx(1.0)  # disjoint: the maximum, base 2
-    assert monitor.js_distance([3, 7], [3, 7]) == pytest.approx(0.0)
+    assert stats.js_distance([1, 0], [0, 1]) == pytest.approx(1.0)  # disjoint: the maximum, base 2
+    assert stats.js_distance([3, 7], [3, 7]) == pytest.approx(0.0)
     # P=(1,0), Q=(0.5,0.5): M=(0.75,0.25); KL(P|M)=log2(4/3); KL(Q|M)=0.5log2(2/3)+0.5log2(2)
     jsd = (math.log2(4 / 3) + 0.5 * math.log2(2 / 3) + 0.5) / 2
-    assert monitor.js_distance([2, 0], [1, 1]) == pytest.approx(math.sqrt(jsd))
+    assert stats.js_distance([2, 0], [1, 1]) == pytest.approx(math.sqrt(jsd))
 
 
 @pytest.mark.spark
 def test_bins_come_from_the_reference_and_count_missing_separately(spark):
     ref = spark.createDataFrame([(float(i),) for i in range(100)] + [(None,)], "x double")
-    spec = monitor.BinSpec("x", "continuous", edges=[24.0, 49.0, 74.0])
-    counts = monitor.binned_counts(ref, [spec])["x"]
-    assert counts == {0: 25, 1: 25, 2: 25, 3: 25, monitor.MISSING: 1}
+    spec = BinSpec("x", "continuous", edges=[24.0, 49.0, 74.0])
+    counts = stats.binned_counts(ref, [spec])["x"]
+    assert counts == {0: 25, 1: 25, 2: 25, 3: 25, MISSING: 1}
     cur = spark.createDataFrame([(1000.0,)] * 10, "x double")  # far outside the reference: all in the last bin
-    assert monitor.binned_counts(cur, [spec])["x"] == {3: 10}
+    assert stats.binned_counts(cur, [spec])["x"] == {3: 10}
 
 
-def _records(psi: dict[str, float], js: dict[str, float] | None = None) -> list[dict]:
-    js = js or {}
-    return [{"feature": f, "metric": "psi", "value": v} for f, v in psi.items()] + [
-        {"feature": f, "metric": "js_distance", "value": js.get(f, 0.0)} for f in psi
+# Ten judged continuous features f0..f9 (PSI decides), one categorical c0 (JS decides), one calendar feature.
+SPECS = [BinSpec(f"f{i}", "continuous", edges=[1.0]) for i in range(10)] + [
+    BinSpec("c0", "categorical", categories=[1.0]),
+    BinSpec("pickup_hour", "continuous", edges=[12.0]),
+    BinSpec(PREDICTION, "continuous", edges=[10.0]),
+]
+PRESENT = {s.feature: {0: 100, 1: 100} for s in SPECS}
+
+
+def _judge(settings, psi: dict[str, float] | None = None, js: dict[str, float] | None = None, ref_counts=None):
+    psi, js = psi or {}, js or {}
+    records = [{"feature": s.feature, "metric": "psi", "value": psi.get(s.feature, 0.01)} for s in SPECS] + [
+        {"feature": s.feature, "metric": "js_distance", "value": js.get(s.feature, 0.01)} for s in SPECS
     ]
-
-
-TEN_QUIET = {f"f{i}": 0.01 for i in range(10)}
+    return stats.judge_features(SPECS, records, ref_counts or PRESENT, settings)
 
 
 @pytest.mark.unit
-def test_verdict_counts_a_feature_over_either_threshold_and_the_share_at_its_boundary(settings):
+def test_one_rule_per_feature_type_and_features_that_do_not_count(settings):
     m = settings.monitor
     assert (m.psi_threshold, m.js_threshold, m.share_of_drifted_features) == (0.2, 0.1, 0.3)
-    # 2 of 10 features drifted (one by PSI, one by JS): 20% < 30%, ok.
-    two = monitor.verdict(_records({**TEN_QUIET, "f0": 0.21}, {"f1": 0.11}), {"rmse": 4.0}, settings)
-    assert (two["verdict"], two["retrain"], two["drifted_features"], two["drifted_share"]) == (
-        "ok", False, ["f0", "f1"], 0.2)  # fmt: skip
-    # 3 of 10: exactly the 30% share, which counts as drift (>=).
-    three = monitor.verdict(_records({**TEN_QUIET, "f0": 0.21, "f1": 0.5, "f2": 0.3}), {"rmse": 4.0}, settings)
-    assert (three["verdict"], three["retrain"], three["drifted_share"]) == ("drift", True, 0.3)
-    # A value equal to its threshold is not over it.
-    at = monitor.verdict(_records({**TEN_QUIET, "f0": 0.2}, {"f0": 0.1}), {}, settings)
-    assert at["drifted_features"] == [] and at["verdict"] == "ok"
+    j = {x["feature"]: x for x in _judge(settings, psi={"f0": 0.5, "c0": 0.9, "pickup_hour": 3.0}, js={"f1": 0.9})}
+    assert j["f0"]["rule"] == "psi" and j["f0"]["fired"]
+    assert not j["f1"]["fired"]  # JS does not decide for a continuous feature
+    assert j["c0"]["rule"] == "js_distance" and not j["c0"]["fired"]  # PSI does not decide for a categorical one
+    assert j["pickup_hour"]["fired"] and not j["pickup_hour"]["counts"] and j["pickup_hour"]["excluded"] == "calendar"
+    # A feature mostly missing in the reference (a month without history) is shown, not judged.
+    mostly_missing = {**PRESENT, "f2": {0: 10, MISSING: 90}}
+    f2 = {x["feature"]: x for x in _judge(settings, psi={"f2": 5.0}, ref_counts=mostly_missing)}["f2"]
+    assert f2["fired"] and not f2["counts"] and f2["excluded"] == "90% missing in the reference"
 
 
 @pytest.mark.unit
-def test_verdict_prediction_drift_alone_and_the_error_rule(settings):
-    preds = monitor.verdict(_records({**TEN_QUIET, PREDICTION: 0.25}), {"rmse": 4.0}, settings)
-    assert (preds["verdict"], preds["retrain"], preds["drifted_share"]) == ("drift", True, 0.0)
-    # Accuracy over the limit is an error, and it outranks drift.
-    limit = settings.monitor.rmse_threshold
-    err = monitor.verdict(_records({**TEN_QUIET, PREDICTION: 0.25}), {"rmse": limit + 0.01}, settings)
-    assert (err["verdict"], err["retrain"]) == ("error", True)
-    assert monitor.verdict(_records(TEN_QUIET), {"rmse": limit}, settings)["verdict"] == "ok"  # at the limit
-    assert monitor.verdict(_records(TEN_QUIET), {}, settings)["verdict"] == "ok"  # no known durations yet
+def test_verdict_share_boundary_key_features_and_predictions(settings):
+    settings = settings.model_copy(deep=True)
+    settings.monitor.key_features = ["f9"]
+    ref = {"rmse": 4.0}
+    # 3 of 11 judged features (f0, f1 by PSI, c0 by JS): 27% < 30%, ok; the calendar feature does not count.
+    three = stats.verdict(_judge(settings, {"f0": 0.21, "f1": 0.3, "pickup_hour": 9}, {"c0": 0.11}), {}, ref, settings)
+    assert (three["verdict"], three["drifted_features"], three["drifted_share"]) == ("ok", ["c0", "f0", "f1"], 0.2727)
+    four = stats.verdict(_judge(settings, {"f0": 0.21, "f1": 0.3, "f2": 0.3}, {"c0": 0.11}), {}, ref, settings)
+    assert four["verdict"] == "drift" and four["drifted_share"] == 0.3636
+    # A value equal to its threshold is not over it.
+    assert stats.verdict(_judge(settings, {"f0": 0.2}, {"c0": 0.1}), {}, ref, settings)["drifted_features"] == []
+    key = stats.verdict(_judge(settings, {"f9": 0.25}), {}, ref, settings)
+    assert key["verdict"] == "drift" and key["reasons"] == ["key feature drifted: f9"]
+    preds = stats.verdict(_judge(settings, {PREDICTION: 0.25}), {}, ref, settings)
+    assert (preds["verdict"], preds["drifted_features"], preds["drifted_share"]) == ("drift", [PREDICTION], 0.0)
 
 
-def test_a_real_week_against_the_training_window_shows_low_drift(golden):
+@pytest.mark.unit
+def test_accuracy_rule_is_relative_to_the_reference_with_an_absolute_ceiling(settings):
+    m = settings.monitor
+    assert (m.rmse_ratio, m.rmse_threshold) == (1.25, 8.0)
+    assert stats.rmse_limit({"rmse": 4.0}, settings) == pytest.approx(5.0)
+    assert stats.rmse_limit({"rmse": 7.0}, settings) == pytest.approx(8.0)  # capped by the ceiling
+    assert stats.rmse_limit({}, settings) == pytest.approx(8.0)
+    judged = _judge(settings, {PREDICTION: 0.25})
+    assert stats.verdict(judged, {"rmse": 5.01}, {"rmse": 4.0}, settings)["verdict"] == "error"  # outranks drift
+    assert stats.verdict(_judge(settings), {"rmse": 5.0}, {"rmse": 4.0}, settings)["verdict"] == "ok"  # at the limit
+    assert stats.verdict(_judge(settings), {}, {"rmse": 4.0}, settings)["verdict"] == "ok"  # no known durations yet
+    inside = stats.verdict(judged, {"rmse": 9.0}, {"rmse": 4.0}, settings, in_sample=True)
+    assert inside["verdict"] == "in_sample"
+
+
+@pytest.mark.unit
+def test_retrain_needs_drift_in_two_of_the_last_three_weeks_and_an_error_at_once(settings):
+    def decide(week, earlier):
+        return stats.retrain_decision(week, earlier, settings)[0]
+
+    assert not decide("drift", ["none", "none"])  # one drifted week alone
+    assert decide("drift", ["ok", "drift"]) and decide("drift", ["drift", "ok"])  # two of the last three
+    assert not decide("drift", ["ok", "ok"])
+    assert not decide("ok", ["drift", "drift"])  # nothing new this week: the earlier weeks already asked
+    assert decide("error", ["none", "none"])
+    assert not decide("in_sample", ["drift", "drift"])
+
+
+@pytest.mark.unit
+def test_bins_are_labelled_with_edges_zone_names_other_and_missing(settings):
+    zones = zone_names(settings.data.zone_lookup)
+    assert zones[132] == "JFK Airport (Queens)"
+    cont = BinSpec("trip_distance", "continuous", edges=[1.0, 2.5])
+    assert bin_labels(cont, zones) == ["<= 1", "1 - 2.5", "> 2.5", "missing"]
+    cat = BinSpec("PULocationID", "categorical", categories=[132.0, 74.0])
+    assert cat.labels() == [0, 1, OTHER, MISSING]
+    assert bin_labels(cat, zones) == ["JFK Airport (Queens)", "East Harlem North (Manhattan)", "other", "missing"]
+    assert bin_labels(BinSpec("pu_borough_code", "categorical", categories=[3.0]), zones)[0] == "Manhattan"
+
+
+def test_every_complete_week_of_the_next_month_is_ok_against_the_out_of_sample_reference(golden):
+    s = golden.settings
+    champion = golden.client().get_model_version_by_alias(s.registered_model("green"), "champion")
+    val_rmse = float(champion.tags["val_rmse"])
+    training = golden.client().get_run(champion.tags["training_run_id"])
+    assert val_rmse == pytest.approx(training.data.metrics["rmse"], abs=1e-4)  # the pre-refit model, 2023-01
+    for week in GOLDEN_WEEKS:
+        summary = golden.summaries[f"monitor {week}"]
+        assert (summary["week"], summary["verdict"], summary["retrain"], summary["drifted_features"]) == (
+            week, "ok", False, [])  # fmt: skip
+        assert summary["reference"]["month"] == "2023-01" and summary["model_version"] == int(champion.version)
+        assert summary["reference_performance"]["rmse"] == pytest.approx(val_rmse, abs=0.01)
+        assert summary["reference_performance"]["rmse"] > 3.5
+        assert 2.0 < summary["performance"]["rmse"] < summary["rmse_limit"]
+        assert 10000 < summary["current_rows"] < 20000 and summary["known_rows"] <= summary["current_rows"]
+        flag = json.loads((s.reports_dir / f"drift/green/{week}.json").read_text())
+        assert set(monitor.SUMMARY_KEYS) <= set(flag) and flag["performance"]["rmse"] == summary["performance"]["rmse"]
+    week = golden.summaries["monitor"]
+    # Calendar and pipeline-state features are reported but not judged.
+    assert {f for f, j in week["features"].items() if not j["counts"]} >= stats.CALENDAR | stats.PIPELINE_STATE
+    assert week["features"]["trip_distance"]["value"] < 0.05 and week["features"]["trip_distance"]["rule"] == "psi"
+
+
+def test_the_drift_table_holds_every_metric_with_its_rule_and_threshold(golden):
     s, week = golden.settings, golden.summaries["monitor"]
-    assert week["week"] == GOLDEN_WEEK and week["reference_months"] == ["2022-01", "2022-02", "2023-01"]
-    assert week["verdict"] == "ok" and not week["retrain"]
-    # What drifts on a normal week with this reference (the monitoring issue makes these not count): a holiday-free
-    # week against a window with holidays, and history features whose reference months had partial history.
-    assert set(week["drifted_features"]) <= {"is_holiday", "hist_level", "hist_trip_count", "hist_median_duration_min",
-                                             "hist_median_speed_mph"}  # fmt: skip
-    assert {"trip_distance", PREDICTION, "PULocationID", "DOLocationID"}.isdisjoint(week["drifted_features"])
-    assert week["drifted_share"] < s.monitor.share_of_drifted_features
-    assert 10000 < week["current_rows"] < 20000  # one week of green trips
-    assert 2.0 < week["performance"]["rmse"] < 5.0
     drift = DeltaTable(lakehouse.DRIFT.path(s)).to_pandas()
+    assert set(drift.week) == set(GOLDEN_WEEKS) and drift.groupby("week").run_id.nunique().eq(1).all()
     rows = drift[(drift.service == "green") & (drift.week == GOLDEN_WEEK)]
-    psi = rows[rows.metric == "psi"].set_index("feature")["value"]
-    assert psi["trip_distance"] < 0.1 and psi[PREDICTION] < 0.1
-    assert {"psi", "js_distance", "ks", "wasserstein", "rmse", "mae", "bias"} <= set(rows.metric)
-    flagged = set(rows[rows.drifted].feature)
-    assert flagged == set(week["drifted_features"])
+    assert {"psi", "js_distance", "ks", "wasserstein", "rmse", "mae", "bias", "reference_rmse"} <= set(rows.metric)
+    rule_rows = rows[rows.threshold.notna() & (rows.feature != "_performance")]
+    assert set(rule_rows.feature) == set(week["features"]) and rule_rows.feature.is_unique
+    assert set(rows[rows.judged].feature) == {f for f, j in week["features"].items() if j["counts"]}
+    assert set(rows.reference_months) == {"2023-01"} and set(rows.verdict) == {"ok"}
+    limit = rows[(rows.feature == "_performance") & (rows.metric == "rmse")].threshold.item()
+    assert limit == pytest.approx(week["rmse_limit"])
 
 
-def test_monitor_rerun_replaces_the_weeks_rows(spark, lake):
-    before = DeltaTable(lakehouse.DRIFT.path(lake)).to_pandas()
-    again = monitor.run(spark, lake, "green", GOLDEN_WEEK)
-    after = DeltaTable(lakehouse.DRIFT.path(lake)).to_pandas()
-    assert len(after) == len(before) and after.run_id.nunique() == 1 and set(after.run_id) == {again["run_id"]}
-
-
-def test_a_shifted_week_is_flagged_and_the_shifted_feature_named(spark, golden):
+def _distort(spark, settings):
+    """Green 2023-02 with trip_distance x 1.5 on days 6-19 (weeks 6 and 7) in the features, and the stored
+    predictions inflated by 30% on days 20-26 (week 8)."""
     from pyspark.sql import functions as F
 
-    s = golden.settings
-    setup_mlflow(s)
-    model, _ = load_registered(s, "green", alias="champion")
-    feats = lakehouse.read(spark, s, lakehouse.FEATURES).where("service = 'green'")
-    cols = [*monitor.CONTINUOUS, *monitor.CATEGORICAL]
-    ref = predict_minutes(feats.where(F.col("month").isin("2022-01", "2022-02", "2023-01")), model, cols)
-    week = feats.where("month = '2023-02'").where(F.dayofmonth("pickup_datetime").between(6, 12))
-    shifted = week.withColumn("trip_distance", F.col("trip_distance") * 1.5)
-    specs = monitor.bin_specs(ref, s.monitor.bins)
-    ref_counts = monitor.binned_counts(ref, specs)
+    day = F.dayofmonth("pickup_datetime")
+    feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "green", "2023-02")
+    longer = feats.withColumn("trip_distance", F.when(day.between(6, 19), F.col("trip_distance") * 1.5)
+                              .otherwise(F.col("trip_distance"))).localCheckpoint()  # fmt: skip
+    lakehouse.replace_partition(longer, settings, lakehouse.FEATURES, "test-distort", "green", "2023-02")
+    preds = lakehouse.read_partition(spark, settings, lakehouse.PREDICTIONS, "green", "2023-02")
+    inflated = preds.withColumn(PREDICTION, F.when(day.between(20, 26), F.col(PREDICTION) * 1.3)
+                                .otherwise(F.col(PREDICTION))).localCheckpoint()  # fmt: skip
+    lakehouse.replace_partition(inflated, settings, lakehouse.PREDICTIONS, "test-inflate", "green", "2023-02")
 
-    def result(cur):
-        cur_counts = monitor.binned_counts(predict_minutes(cur, model, cols), specs)
-        records = monitor.drift_metrics(specs, ref_counts, cur_counts)
-        return monitor.verdict(records, {}, s), {r["feature"]: r["value"] for r in records if r["metric"] == "psi"}
 
-    ok, ok_psi = result(week)
-    bad, bad_psi = result(shifted)
-    assert "trip_distance" not in ok["drifted_features"] and ok_psi["trip_distance"] < 0.05
-    assert "trip_distance" in bad["drifted_features"] and bad_psi["trip_distance"] > 0.2
-    assert PREDICTION in bad["drifted_features"]  # longer distances -> longer predicted trips
-    assert bad["retrain"] and bad["verdict"] == "drift"
-    # Features the shift did not touch stay as they were.
-    assert set(bad["drifted_features"]) - set(ok["drifted_features"]) == {"trip_distance", PREDICTION}
-    assert bad_psi["PULocationID"] == pytest.approx(ok_psi["PULocationID"])
+def test_distorted_weeks_drift_then_retrain_and_inflated_predictions_are_an_error(spark, lake):
+    _distort(spark, lake)
+    first, second, third = (monitor.run(spark, lake, "green", w) for w in GOLDEN_WEEKS)
+    assert first["verdict"] == "drift" and "trip_distance" in first["drifted_features"]
+    assert first["features"]["trip_distance"]["value"] > 0.2
+    assert not first["retrain"] and first["retrain_reason"] == "drift in 1 of the last 3 weeks (needs 2)"
+    assert second["verdict"] == "drift" and second["retrain"]
+    assert second["retrain_reason"] == "drift in 2 of the last 3 weeks"
+    assert third["verdict"] == "error" and third["retrain"] and third["retrain_reason"] == "accuracy breach"
+    assert third["performance"]["rmse"] > third["rmse_limit"] == pytest.approx(
+        1.25 * third["reference_performance"]["rmse"])  # fmt: skip
+
+
+def test_monitoring_reads_no_training_window_rows_and_in_sample_weeks_get_no_verdict(spark, lake, golden):
+    # A week of 2023-01, the month the champion was validated and then refit on: reported, not judged.
+    score.run(spark, lake, "green", "2023-01")
+    inside = monitor.run(spark, lake, "green", "2023-W02")
+    assert inside["verdict"] == "in_sample" and not inside["retrain"] and inside["reference"]["trained_through"] == (
+        "2023-01")  # fmt: skip
+    # Delete every training-window month from the features: the week's report does not change.
+    for month in ("2022-01", "2022-02", "2023-01"):
+        spark.sql(f"DELETE FROM delta.`{lakehouse.FEATURES.path(lake)}` WHERE service = 'green' AND month = '{month}'")
+    again = monitor.run(spark, lake, "green", GOLDEN_WEEK)
+    before = golden.summaries["monitor"]
+    assert again["features"] == before["features"] and again["performance"] == before["performance"]
 
 
 def test_mlflow_run_and_report_exist(golden):
     week = golden.summaries["monitor"]
     run = golden.client().get_run(week["mlflow_run_id"])
     assert run.data.params["week"] == GOLDEN_WEEK and run.data.tags["verdict"] == week["verdict"]
+    assert run.data.params["reference_month"] == "2023-01"
     assert run.data.metrics["psi_trip_distance"] >= 0
     assert run.data.metrics["rmse"] == pytest.approx(week["performance"]["rmse"])
+    assert run.data.metrics["reference_rmse"] == pytest.approx(week["reference_performance"]["rmse"])
     arts = [a.path for a in golden.client().list_artifacts(run.info.run_id, "report")]
     assert arts == [f"report/{GOLDEN_WEEK}.html"]
-    flag = json.loads((golden.settings.reports_dir / f"drift/green/{GOLDEN_WEEK}.json").read_text())
-    assert flag["retrain"] is False and flag["verdict"] == "ok" and flag["week"] == GOLDEN_WEEK
 
 
 @pytest.mark.slow
 def test_report_renders_in_chromium_without_network(golden):
     week = golden.summaries["monitor"]
     dom = chromium_dom(f"file://{week['report']}")
-    assert "Verdict: <b>ok</b>" in dom and "trip_distance" in dom and dom.count("<img") >= 5
+    assert "Verdict: <b>ok</b>" in dom and dom.count("<img") >= 8
+    assert "Reference (out-of-sample): 2023-01" in dom and week["mlflow_run_id"] in dom
+    assert "no: calendar" in dom and "no: pipeline state" in dom and "psi &gt; 0.2" in dom

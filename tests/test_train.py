@@ -3,13 +3,15 @@ scoring into gold and reading it as BI tools do."""
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 
 from jobs import lakehouse, train
 from jobs.modeling import load_registered, predict_minutes, regression_metrics, setup_mlflow
 
-from .conftest import partition_rows, production, table_version
+from .conftest import GOLDEN_WEEK, partition_rows, production, table_version
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
@@ -145,21 +147,81 @@ def test_gate_promotes_only_a_better_candidate(spark, lake):
 
 
 @pytest.mark.parametrize("learner", ["xgboost", "lightgbm"])
-def test_warm_start_continues_the_champion_and_the_gate_chooses(spark, lake, learner):
+def test_warm_start_continues_the_champion_on_months_it_has_not_seen(spark, lake, learner):
     s = _quick(lake, [learner], 20)
     s.train.lightgbm = {**s.train.lightgbm, "numIterations": 20}
-    first = train.run(spark, s, "green", "2023-01", months=13)
+    first = train.run(spark, s, "green", "2022-02", months=2)  # trained on 2022-01 (no refit), validated on 2022-02
     s.train.learners, s.train.warm_start = [], True  # only the continued champion
     second = train.run(spark, s, "green", "2023-01", months=13)
     warm = f"{learner}-warm-start"
     assert set(second["candidates"]) == {warm}
-    # Continuing the champion starts from its predictions: not worse than where it started.
-    assert second["candidates"][warm] <= first["best_rmse"] + 0.01
+    # Continuing the champion on 2022-02, the one training month it has not seen: not worse than where it started.
+    assert second["candidates"][warm] <= second["champion_rmse_before"] + 0.01
     assert _child_runs(s, second["run_id"])[warm]["tags.warm_start"] == "True"
     # Continued boosting: the warm model holds the champion's trees plus the new rounds.
     booster = (mlflow.xgboost if learner == "xgboost" else mlflow.lightgbm).load_model(second["candidate_models"][warm])
     trees = booster.num_boosted_rounds() if learner == "xgboost" else booster.num_trees()
     assert trees == 20 + s.train.warm_start_rounds
+    assert first["registered_version"] == 1 and second["registered_version"] == 2
+
+
+def test_a_window_the_champion_has_seen_registers_nothing_and_says_why(spark, lake):
+    name = lake.registered_model("green")
+    client = mlflow.MlflowClient(tracking_uri=lake.tracking_uri, registry_uri=lake.tracking_uri)
+    again = train.run(spark, lake, "green", "2023-01", months=13)  # the golden champion was refit on 2023-01
+    assert again["registered_version"] is None and not again["promoted"] and again["champion_version"] == 1
+    assert "champion v1 has seen months through 2023-01" in again["skipped"] and "--force" in again["skipped"]
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+
+
+def test_registered_version_carries_its_facts_and_the_gate_report(golden):
+    s, summary = golden.settings, golden.summaries["train"]
+    client = golden.client()
+    mv = client.get_model_version_by_alias(s.registered_model("green"), "champion")
+    assert (mv.tags["train_months"], mv.tags["valid_month"], mv.tags["trained_through"]) == (
+        "2022-01,2022-02", "2023-01", "2023-01")  # fmt: skip
+    assert mv.tags["features_version"] == str(summary["features_version"])
+    assert float(mv.tags["val_rmse"]) == pytest.approx(summary["best_rmse"], abs=1e-4)  # pre-refit, out-of-sample
+    assert {"val_mae", "val_rmsle", "val_bias", "val_rmse_pu_borough_Manhattan"} <= set(mv.tags)
+    assert mv.tags["reference_profile"] == f"runs:/{summary['run_id']}/reference_profile.json"
+    profile = mlflow.artifacts.load_dict(mv.tags["reference_profile"])
+    assert profile["month"] == "2023-01"
+    assert profile["performance"]["rmse"] == pytest.approx(summary["best_rmse"], abs=1e-4)
+    report = mlflow.artifacts.load_dict(f"runs:/{summary['run_id']}/gate_report.json")
+    assert (report["month"], report["passes"], report["champion"]) == ("2023-01", True, None)
+
+
+def test_promote_moves_the_alias_forward_and_back_and_the_monitor_follows_the_scoring_version(spark, lake):
+    from jobs import monitor, promote
+
+    name = lake.registered_model("green")
+    client = mlflow.MlflowClient(tracking_uri=lake.tracking_uri, registry_uri=lake.tracking_uri)
+    weak = _quick(lake, ["xgboost"], 3)
+    weak.mlflow.registered_model_prefix = lake.mlflow.registered_model_prefix
+    forced = train.run(spark, weak, "green", "2023-01", months=13, force=True)
+    assert forced["registered_version"] == 2 and not forced["promoted"]  # 3 trees lose to the champion
+
+    up = promote.run(spark, lake, "green", version=2)
+    assert up["changed"] and (up["from_version"], up["champion_version"]) == (1, 2)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    gate = up["gate_report"]
+    # Both re-scored on 2023-02, the newest month neither has seen; the weaker version does not pass.
+    assert gate["month"] == "2023-02" and gate["basis"].startswith("newest month") and not gate["passes"]
+    assert gate["candidate"]["rmse"] > gate["champion"]["rmse"]
+
+    # The week was scored by v1 before the promotion: it is judged against v1's profile, not the new champion's.
+    week = monitor.run(spark, lake, "green", GOLDEN_WEEK)
+    assert week["model_version"] == 1 and week["reference"]["month"] == "2023-01" and week["verdict"] == "ok"
+
+    down = promote.run(spark, lake, "green", rollback=True)
+    assert down["action"] == "rollback" and (down["from_version"], down["champion_version"]) == (2, 1)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert down["gate_report"]["passes"] and down["gate_report"]["month"] == "2023-02"
+    for r in (up, down):  # logged both ways
+        logged = mlflow.artifacts.load_dict(f"runs:/{r['mlflow_run_id']}/gate_report.json")
+        assert logged == json.loads(json.dumps(r["gate_report"]))
+    again = promote.run(spark, lake, "green", version=1)
+    assert not again["changed"]
 
 
 def test_training_without_enough_feature_months_fails_clearly(spark, golden):

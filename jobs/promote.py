@@ -1,0 +1,91 @@
+"""Promote: move the ``champion`` alias to a registered version, or roll it back to the previous champion,
+without retraining. Training's gate and this job share :func:`jobs.registry.gate_report`; the report is logged to
+MLflow (experiment ``promote-<service>``) either way, and the alias moves because a person asked for it.
+
+The comparison uses the newest feature month that neither version has seen when one exists (both models are
+re-scored on it); otherwise each version's recorded validation RMSE, and the report says they come from
+different months.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import lakehouse, registry
+from .config import Settings
+from .errors import InputError
+from .features import TARGET
+from .log import JobLog
+from .modeling import experiment_id, load_registered, predict_minutes, regression_metrics, setup_mlflow
+from .months import check_service
+
+
+def unseen_month(spark, settings: Settings, service: str, versions) -> str | None:
+    """The newest month with features after every version's training window, if any."""
+    seen = max((registry.trained_through(v) or "9999-99") for v in versions)
+    row = (
+        lakehouse.read(spark, settings, lakehouse.FEATURES)
+        .where(lakehouse.partition_predicate(service))
+        .where(f"month > '{seen}'")
+        .agg({"month": "max"})
+        .first()
+    )
+    return row[0] if row else None
+
+
+def rmse_on(spark, settings: Settings, service: str, mv, month: str) -> float:
+    model, _ = load_registered(settings, service, version=int(mv.version))
+    rows = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, service, month).where("in_training_range")
+    return regression_metrics(predict_minutes(rows, model, [TARGET]))["rmse"]
+
+
+def comparison(spark, settings: Settings, service: str, target, current) -> dict[str, Any]:
+    def side(mv, rmse):
+        return {"version": int(mv.version), "rmse": rmse, "trained_through": registry.trained_through(mv)}
+
+    month = unseen_month(spark, settings, service, [target, current])
+    if month:
+        return registry.gate_report(
+            settings, side(target, rmse_on(spark, settings, service, target, month)),
+            side(current, rmse_on(spark, settings, service, current, month)), month,
+            "newest month with features: unseen by both versions",
+        )  # fmt: skip
+    return registry.gate_report(
+        settings, side(target, registry.validation_rmse(target)), side(current, registry.validation_rmse(current)),
+        f"{target.tags.get('valid_month')} vs {current.tags.get('valid_month')}",
+        "each version's recorded validation RMSE (different months: no month with features is unseen by both yet)",
+    )  # fmt: skip
+
+
+def run(spark, settings: Settings, service: str, version: int | None = None, rollback: bool = False) -> dict:
+    check_service(service)
+    log = JobLog("promote", service, f"v{version}" if version else "rollback")
+    mlflow = setup_mlflow(settings)
+    current = registry.champion(settings, service)
+    if rollback:
+        if current is None or not current.tags.get("previous_champion"):
+            raise InputError(f"{settings.registered_model(service)}: the champion has no previous champion to roll "
+                             "back to")  # fmt: skip
+        version = int(current.tags["previous_champion"])
+    target = registry.version(settings, service, version)
+    action = "rollback" if rollback else "promote"
+    if current is not None and str(current.version) == str(target.version):
+        log.info("unchanged", reason=f"v{target.version} is already the champion")
+        return {"action": action, "changed": False, "champion_version": int(target.version)}
+    report = comparison(spark, settings, service, target, current) if current is not None else None
+    exp = experiment_id(settings, f"promote-{service}")
+    with mlflow.start_run(experiment_id=exp, run_name=f"{service}-{action}-v{target.version}") as run_:
+        mlflow.log_params({"action": action, "from_version": current.version if current else "none",
+                           "to_version": target.version})  # fmt: skip
+        if report:
+            mlflow.log_dict(report, registry.GATE_REPORT)
+    registry.set_champion(settings, service, target.version, current.version if current else None)
+    log.info("done", action=action, champion=target.version, gate_passes=report["passes"] if report else None)
+    return {
+        "action": action,
+        "changed": True,
+        "from_version": int(current.version) if current else None,
+        "champion_version": int(target.version),
+        "gate_report": report,
+        "mlflow_run_id": run_.info.run_id,
+    }

@@ -1,0 +1,80 @@
+"""What a training run logs to MLflow besides metrics: the git commit, importance and residual plots, and the
+booster in its native flavour with signature, input example and pinned requirements."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..config import PROJECT_ROOT
+from ..features import MODEL_FEATURES, TARGET
+from ..modeling import PREDICTION, NativeModel
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _importance(model: NativeModel) -> dict[str, float]:
+    booster = model.booster()
+    if model.flavor == "xgboost":
+        return {k: float(v) for k, v in booster.get_score(importance_type="gain").items()}
+    return {n: float(v) for n, v in zip(MODEL_FEATURES, booster.feature_importance("gain"), strict=True)}
+
+
+def log_plots(mlflow, model: NativeModel | None, sample, name: str) -> None:
+    """Feature importance (gain) and residual plots for the validation month, as PNG artifacts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is not None:
+            imp = sorted(_importance(model).items(), key=lambda kv: kv[1])[-20:]
+            fig, ax = plt.subplots(figsize=(7, 6))
+            ax.barh([k for k, _ in imp], [v for _, v in imp], color="#3b6ea5")
+            ax.set_title(f"{name}: feature importance (gain)")
+            fig.tight_layout()
+            fig.savefig(Path(tmp) / "feature_importance.png", dpi=110)
+            plt.close(fig)
+            mlflow.log_dict(dict(imp), "feature_importance.json")
+        actual, pred = sample[TARGET].to_numpy(), sample[PREDICTION].to_numpy()
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5))
+        a1.scatter(actual, pred, s=3, alpha=0.3)
+        a1.plot([0, 60], [0, 60], color="red", lw=1)
+        a1.set(xlabel="actual minutes", ylabel="predicted minutes", title=f"{name}: predicted vs actual")
+        a2.hist(pred - actual, bins=np.linspace(-30, 30, 61), color="#3b6ea5")
+        a2.set(xlabel="residual (predicted - actual), minutes", ylabel="trips", title="residuals")
+        fig.tight_layout()
+        fig.savefig(Path(tmp) / "residuals.png", dpi=110)
+        plt.close(fig)
+        mlflow.log_artifacts(tmp, "plots")
+
+
+def log_native_model(mlflow, model: NativeModel, input_example):
+    """Log the booster in its native MLflow flavour with signature and input example; returns the model URI."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    booster = model.booster()
+    example = input_example[MODEL_FEATURES].astype("float64")
+    from ..modeling import feature_matrix, predict_log
+
+    signature = infer_signature(example, np.asarray(predict_log(booster, model.flavor, feature_matrix(example))))
+    flavor = mlflow.xgboost if model.flavor == "xgboost" else mlflow.lightgbm
+    # Pinned from this environment: letting MLflow infer them starts a Python subprocess per logged model (seconds).
+    import pandas as pd
+
+    requirements = [*flavor.get_default_pip_requirements(), f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+    info = flavor.log_model(
+        booster, name="model", signature=signature, input_example=example, pip_requirements=requirements
+    )
+    return info.model_uri

@@ -1,0 +1,90 @@
+"""The distributed learners: xgboost.spark and SynapseML LightGBM, each a barrier stage with one task per worker,
+trained on ``log1p(minutes)`` from one assembled vector column."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..features import MODEL_FEATURES, TARGET
+from ..modeling import NativeModel, predict_minutes
+from ..spark import executor_cores
+
+
+def assemble(df, extra: tuple[str, ...] = ()):
+    """Model inputs as one vector column (nulls kept as NaN: both learners treat them as missing) + log label."""
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import functions as F
+
+    cast = df.select(
+        *[F.col(c).cast("double").alias(c) for c in MODEL_FEATURES], F.log1p(TARGET).alias("label"), *extra
+    )
+    return VectorAssembler(inputCols=MODEL_FEATURES, outputCol="features", handleInvalid="keep").transform(cast)
+
+
+def fit_xgboost(train_vec, params: dict[str, Any], num_workers: int, seed: int, init: NativeModel | None = None):
+    from xgboost.spark import SparkXGBRegressor
+
+    est = SparkXGBRegressor(
+        features_col="features",
+        label_col="label",
+        num_workers=num_workers,
+        missing=float("nan"),
+        random_state=seed,
+        xgb_model=_unnamed(init.booster()) if init else None,
+        **params,
+    )
+    booster = est.fit(train_vec).get_booster()
+    booster.feature_names = list(MODEL_FEATURES)
+    return booster
+
+
+def _unnamed(booster):
+    """xgboost.spark trains on unnamed vector columns: drop the stored names before continuing a booster."""
+    booster.feature_names = None
+    return booster
+
+
+def fit_lightgbm(train_vec, params: dict[str, Any], num_workers: int, seed: int, init: NativeModel | None = None):
+    import lightgbm as lgb
+    from synapse.ml.lightgbm import LightGBMRegressor
+
+    # Single-dataset mode merges an executor's tasks into one native dataset and one LightGBM learner; SynapseML
+    # gives that learner spark.task.cpus threads (1) unless numThreads says otherwise, so the default is all the
+    # executor's cores.
+    est = LightGBMRegressor(
+        featuresCol="features",
+        labelCol="label",
+        numTasks=num_workers,
+        useBarrierExecutionMode=True,
+        useSingleDatasetMode=True,
+        seed=seed,
+        verbosity=-1,
+        **{"numThreads": executor_cores(train_vec.sparkSession), **params},
+    )
+    if init is not None:
+        # Continue the champion: its trees are kept (modelString) and the new trees fit what it leaves unexplained,
+        # starting from its log-scale predictions (initScoreCol); without them LightGBM would boost from the mean
+        # and the merged model would count the target twice.
+        est = est.setModelString(init.payload).setInitScoreCol("init_score")
+    return lgb.Booster(model_str=est.fit(train_vec).getNativeModel())
+
+
+def with_init_score(df, init: NativeModel):
+    """Assembled training data plus ``init_score``: the champion's log-scale prediction for each row."""
+    from ..modeling import PREDICTION
+
+    scored = predict_minutes(df, init, [*MODEL_FEATURES, TARGET], log_scale=True)
+    return assemble(scored.withColumnRenamed(PREDICTION, "init_score"), extra=("init_score",))
+
+
+def barrier_tasks(spark, group: str) -> int:
+    """The largest number of tasks in one stage of the jobs run under ``group`` (the learners' worker count)."""
+    tracker = spark.sparkContext.statusTracker()
+    tasks = [0]
+    for job_id in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job_id)
+        for sid in info.stageIds if info else []:
+            stage = tracker.getStageInfo(sid)
+            if stage:
+                tasks.append(stage.numTasks)
+    return max(tasks)
