@@ -127,6 +127,8 @@ def cmd_run_month(settings, args):
 def cmd_monitor(settings, args):
     from . import monitor
 
+    if args.pending:
+        return _with_spark(settings, args, lambda s: monitor.run_pending(s, settings, args.service, args.exit_code))
     return _with_spark(settings, args, lambda s: monitor.run(s, settings, args.service, args.week, args.exit_code))
 
 
@@ -282,7 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         "whose 'retrain' flag the Airflow DAG branches on.",
     )
     p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
-    p.add_argument("--week", required=True, type=_week, help="ISO week, YYYY-Www (e.g. 2023-W06)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--week", type=_week, help="ISO week, YYYY-Www (e.g. 2023-W06)")
+    which.add_argument(
+        "--pending",
+        action="store_true",
+        help="every complete ISO week of the scored months without a report yet, oldest first (a week spanning "
+        "two months waits for both); nothing pending exits 0",
+    )
     p.add_argument("--exit-code", action="store_true", help="exit 10 when drift or error calls for retraining")
     p.set_defaults(func=cmd_monitor)
 

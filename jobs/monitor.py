@@ -12,6 +12,7 @@ when ``drift_weeks`` of the last ``drift_window`` weeks drifted. The Delta table
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from typing import Any
@@ -25,7 +26,7 @@ from .modeling import PREDICTION, experiment_id, setup_mlflow
 from .monitoring.profile import accuracy, continuous_sample, profile_parts
 from .monitoring.report import html_report, zone_names
 from .monitoring.stats import binned_counts, drift_metrics, judge_features, retrain_decision, verdict
-from .months import add_weeks, check_service, check_week, week_bounds, week_months
+from .months import add_weeks, check_service, check_week, month_start, week_bounds, week_months
 
 # The JSON next to each report: other tooling reads these keys.
 SUMMARY_KEYS = ("verdict", "retrain", "drifted_features", "performance", "reference_performance", "model_version",
@@ -201,6 +202,56 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         report=report_path,
         duration_s=round(log.elapsed(), 1),
     )
+    if fail_on_retrain and retrain:
+        summary["exit_code"] = 10
+    return summary
+
+
+def complete_weeks(months: list[str]) -> list[str]:
+    """ISO weeks all of whose days lie in ``months`` (a week spanning two months needs both), oldest first."""
+    have = set(months)
+    weeks = set()
+    for month in have:
+        day = month_start(month)
+        while day.strftime("%Y-%m") == month:
+            year, number, _ = day.isocalendar()
+            week = f"{year}-W{number:02d}"
+            if set(week_months(week)) <= have:
+                weeks.add(week)
+            day += dt.timedelta(days=1)
+    return sorted(weeks)
+
+
+def pending_weeks(spark, settings: Settings, service: str) -> list[str]:
+    """Complete ISO weeks of the scored months that have no report yet."""
+    if not lakehouse.exists(settings, lakehouse.PREDICTIONS):
+        return []
+    scored = [r.month for r in lakehouse.read(spark, settings, lakehouse.PREDICTIONS)
+              .where(lakehouse.partition_predicate(service)).select("month").distinct().collect()]  # fmt: skip
+    done = set()
+    if lakehouse.exists(settings, lakehouse.DRIFT):
+        done = {r.week for r in lakehouse.read(spark, settings, lakehouse.DRIFT)
+                .where(f"service = '{service}'").select("week").distinct().collect()}  # fmt: skip
+    return [w for w in complete_weeks(scored) if w not in done]
+
+
+def run_pending(spark, settings: Settings, service: str, fail_on_retrain: bool = False) -> dict[str, Any]:
+    """Report on every pending week, oldest first (so the N-of-M rule sees them in order); nothing pending is a
+    success, not an error."""
+    check_service(service)
+    weeks = pending_weeks(spark, settings, service)
+    log = JobLog("monitor", service, "pending")
+    if not weeks:
+        log.info("nothing pending", reason="no complete, scored week without a report")
+        return {"service": service, "weeks": {}, "retrain": False,
+                "message": "nothing to monitor: no complete, scored week without a report"}  # fmt: skip
+    reports = {w: run(spark, settings, service, w) for w in weeks}
+    retrain = any(r["retrain"] for r in reports.values())
+    summary = {
+        "service": service,
+        "weeks": {w: {k: r[k] for k in ("verdict", "retrain", "report")} for w, r in reports.items()},
+        "retrain": retrain,
+    }
     if fail_on_retrain and retrain:
         summary["exit_code"] = 10
     return summary

@@ -240,3 +240,35 @@ def test_report_renders_in_chromium_without_network(golden):
     assert "Verdict: <b>ok</b>" in dom and dom.count("<img") >= 8
     assert "Reference (out-of-sample): 2023-01" in dom and week["mlflow_run_id"] in dom
     assert "no: calendar" in dom and "no: pipeline state" in dom and "psi &gt; 0.2" in dom
+
+
+@pytest.mark.unit
+def test_complete_weeks_need_every_day_scored():
+    assert monitor.complete_weeks(["2023-02"]) == ["2023-W06", "2023-W07", "2023-W08"]  # W05 and W09 span two months
+    assert "2023-W05" in monitor.complete_weeks(["2023-01", "2023-02"])  # Jan 30 - Feb 5: both months scored
+    assert monitor.complete_weeks(["2022-12", "2023-01"])[:2] == ["2022-W49", "2022-W50"]  # Dec 1 is a Thursday
+    assert "2022-W52" in monitor.complete_weeks(["2022-12", "2023-01"])  # Dec 26 - Jan 1
+    assert monitor.complete_weeks([]) == []
+
+
+def test_pending_reports_exactly_the_missing_complete_weeks_and_a_rerun_adds_nothing(spark, lake, cli_lakehouse,
+                                                                                    capsys):  # fmt: skip
+    from jobs.cli import main
+
+    spark.sql(f"DELETE FROM delta.`{lakehouse.DRIFT.path(lake)}` WHERE week IN ('2023-W07', '2023-W08')")
+    first = monitor.run_pending(spark, lake, "green")
+    assert list(first["weeks"]) == ["2023-W07", "2023-W08"] and not first["retrain"]
+    assert {w["verdict"] for w in first["weeks"].values()} == {"ok"}
+    weeks = set(DeltaTable(lakehouse.DRIFT.path(lake)).to_pandas().week)
+    assert weeks == set(GOLDEN_WEEKS)  # none for 2023-W05 or 2023-W09, whose other month is not scored
+    cli_lakehouse(lake)
+    capsys.readouterr()
+    assert main(["monitor", "--service", "green", "--pending"]) == 0  # the same lakehouse, through the CLI
+    out = json.loads(capsys.readouterr().out)
+    assert out["weeks"] == {} and out["message"].startswith("nothing to monitor")
+
+
+@pytest.mark.spark
+def test_pending_on_an_empty_lakehouse_is_a_success(spark, empty_lake):
+    result = monitor.run_pending(spark, empty_lake, "green")
+    assert result["weeks"] == {} and result["retrain"] is False and "nothing to monitor" in result["message"]
