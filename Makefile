@@ -75,7 +75,7 @@ airflow: setup
 	AIRFLOW__CORE__DAGS_FOLDER="$(abspath dags)" AIRFLOW__CORE__LOAD_EXAMPLES=false \
 	AIRFLOW_CONN_SPARK_DEFAULT='spark://local%5B2%5D' AIRFLOW_VAR_TAXI_JARS="$$($(BIN)/taxi jars)" \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=false \
-	$(BIN)/airflow standalone
+	bash -c '$(BIN)/taxi airflow-init >/dev/null && exec $(BIN)/airflow standalone'
 
 clean:
 	rm -rf lakehouse spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

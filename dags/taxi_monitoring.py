@@ -1,7 +1,9 @@
-"""Weekly monitoring per service: drift and accuracy of the champion; retraining when the verdict asks for it.
+"""Monitoring per service: drift and accuracy reports for every complete, scored week; retraining when asked.
 
-The monitor job writes <lakehouse>/reports/drift/<service>/<week>.json; the branch reads its `retrain` flag and
-either triggers taxi_training_<service> or ends.
+Scheduled on the predictions asset: it runs after a month is scored, not on a wall-clock guess. `taxi monitor
+--pending` reports on every ISO week whose seven days are all scored and that has no report yet (a week spanning
+two months waits for both); nothing pending is a success. The branch reads the reports this run wrote from the
+Delta drift table and triggers taxi_training_<service> when any of them asks for retraining.
 """
 
 from __future__ import annotations
@@ -10,37 +12,27 @@ from datetime import datetime
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG
 
-from jobs.airflow_wiring import DEFAULT_ARGS, ISO_WEEK, SERVICES, taxi_job
+from jobs.airflow_wiring import DEFAULT_ARGS, SERVICES, predictions_asset, retrain_needed, taxi_job
 
 for service in SERVICES:
     with DAG(
         dag_id=f"taxi_monitoring_{service}",
-        description=f"{service} taxi: weekly drift report; retrain on drift or error",
-        schedule="0 6 * * 1",  # Mondays: the ISO week that just ended
-        start_date=datetime(2022, 1, 3),
+        description=f"{service} taxi: drift reports for complete scored weeks; retrain on drift or error",
+        schedule=[predictions_asset(service)],
+        start_date=datetime(2022, 1, 1),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         tags=["taxi", service, "monitoring"],
         doc_md=__doc__,
     ) as dag:
-        monitor = taxi_job("monitor", "monitor", "--service", service, "--week", ISO_WEEK)
-
-        @task.branch(task_id="retrain_needed")
-        def retrain_needed(service: str, week: str) -> str:
-            import json
-
-            from jobs.config import load_settings  # runtime import: not at parse time
-
-            flag = load_settings().reports_dir / "drift" / service / f"{week}.json"
-            return "trigger_retraining" if json.loads(flag.read_text())["retrain"] else "no_retraining"
-
+        monitor = taxi_job("monitor", "monitor", "--service", service, "--pending")
         trigger = TriggerDagRunOperator(
             task_id="trigger_retraining",
             trigger_dag_id=f"taxi_training_{service}",
             conf={"until": "latest"},
         )
-        monitor >> retrain_needed(service, ISO_WEEK) >> [trigger, EmptyOperator(task_id="no_retraining")]
+        monitor >> retrain_needed(service) >> [trigger, EmptyOperator(task_id="no_retraining")]
     globals()[dag.dag_id] = dag

@@ -1,22 +1,25 @@
-"""Training per service: runs when the monthly DAG has written new features, and when the monitor asks for it.
+"""Training per service: once per new month, and when the monitor asks for it.
 
-Trains on the latest feature months (or `--until` from the trigger's conf: {"until": "YYYY-MM"}); the registry
-gate inside the job decides whether the new model becomes the champion.
+The monthly DAG updates the features asset only for a month newer than every month announced before (never from a
+backfill or a rerun of an old month), so each new month starts one training. The monitor's trigger passes
+{"until": "latest"}; a manual trigger may pass {"until": "YYYY-MM"}. The registry gate inside the job decides
+whether the new model becomes the champion, and the job registers nothing when its window adds no month the
+champion has not seen.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG
 
-from jobs.airflow_wiring import DEFAULT_ARGS, SERVICES, taxi_job
+from jobs.airflow_wiring import DEFAULT_ARGS, SERVICES, features_asset, taxi_job
 
 for service in SERVICES:
     with DAG(
         dag_id=f"taxi_training_{service}",
         description=f"{service} taxi: train XGBoost + LightGBM on Spark, gate in the MLflow registry",
-        schedule=[Asset(f"lakehouse://silver/features/{service}")],
+        schedule=[features_asset(service)],
         start_date=datetime(2022, 1, 1),
         catchup=False,
         max_active_runs=1,

@@ -1,41 +1,33 @@
-"""Shared wiring for the DAGs in ``dags/``: how a task runs one `taxi` job through spark-submit.
+"""Shared wiring for the DAGs in ``dags/``: how a task runs one `taxi` job through spark-submit, waits for a month's
+publication, announces a new month to training, and reads the monitor's retraining decision.
 
-Only standard-library and Airflow imports here (no Spark, no pandas): DAG files are parsed often and must stay
-light. It lives in the installed package so every Airflow component can import it, whatever its sys.path.
-Deployment knobs come from Airflow itself: the `spark_default` connection (AIRFLOW_CONN_SPARK_DEFAULT, e.g.
-`spark://local%5B2%5D` or `spark://spark-master:7077`), and the variables `taxi_jars` (comma-separated Delta and
+Only standard-library and Airflow imports at module level (no Spark, no pandas, no MLflow): DAG files are parsed
+often and must stay light; task callables import what they need when they run. It lives in the installed package
+so every Airflow component can import it, whatever its sys.path.
+Deployment knobs: the `airflow` section of the configuration (start and end month, catch-up, the Spark pool, the
+publication wait), read when the DAG files are parsed; the `spark_default` connection (AIRFLOW_CONN_SPARK_DEFAULT,
+e.g. `spark://local%5B2%5D` or `spark://spark-master:7077`); the variables `taxi_jars` (comma-separated Delta and
 SynapseML JARs: the output of `taxi jars`) and `taxi_py_files` (the zipped `jobs` package, for clusters).
-The monthly DAGs' date range comes from the environment of the Airflow components, read at parse time:
-TAXI_DAG_START_DATE (default 2022-01-01: the first shipped month), TAXI_DAG_END_DATE (default: none) and
-TAXI_DAG_CATCHUP (default true). A deployment that only reprocesses history sets an end date, so that
-unpausing the DAG for a backfill schedules nothing beyond what the backfill asks for.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Asset, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from jobs.config import SERVICES, load_settings
 
 ENTRYPOINT = str(Path(__file__).resolve().parent / "entrypoint.py")
-SERVICES = ("green", "yellow")
-# Airflow 3 cron schedules are trigger timetables: a run's logical date is the moment it stands for. A monthly
-# run on the 1st processes that month (backfill --from-date 2022-01-01 processes 2022-01 first); the weekly
-# run on Monday reports on the ISO week that just ended.
-MONTH = "{{ logical_date.strftime('%Y-%m') }}"
-ISO_WEEK = "{{ (logical_date - macros.timedelta(days=7)).strftime('%G-W%V') }}"
-
-
-def _env_date(name: str, default: str | None) -> datetime | None:
-    value = os.environ.get(name, default)
-    return datetime.strptime(value, "%Y-%m-%d") if value else None
-
-
-MONTHLY_START = _env_date("TAXI_DAG_START_DATE", "2022-01-01")
-MONTHLY_END = _env_date("TAXI_DAG_END_DATE", None)
-MONTHLY_CATCHUP = os.environ.get("TAXI_DAG_CATCHUP", "true").strip().lower() in ("1", "true", "yes")
+SETTINGS = load_settings().airflow
+# A monthly run stands for its data interval, [1st of month M, 1st of M+1): the run created when M ends
+# processes M (a backfill with --from-date 2022-01-01 processes 2022-01 first).
+MONTH = "{{ data_interval_start.strftime('%Y-%m') }}"
+MONTHLY_START = datetime.combine(SETTINGS.start_date, datetime.min.time())
+MONTHLY_END = datetime.combine(SETTINGS.end_date, datetime.min.time()) if SETTINGS.end_date else None
 
 DEFAULT_ARGS = {
     "owner": "taxi",
@@ -47,8 +39,18 @@ DEFAULT_ARGS = {
 }
 
 
+def features_asset(service: str) -> Asset:
+    """Updated once per new month (by the monthly DAG's announce_new_month): what training is scheduled on."""
+    return Asset(f"lakehouse://silver/features/{service}")
+
+
+def predictions_asset(service: str) -> Asset:
+    """Updated whenever a month is scored: what monitoring is scheduled on."""
+    return Asset(f"lakehouse://gold/predictions/{service}")
+
+
 def taxi_job(task_id: str, *args: str, timeout: timedelta | None = None, **kwargs) -> SparkSubmitOperator:
-    """A task that runs `taxi <args>` with spark-submit on the `spark_default` connection."""
+    """A task that runs `taxi <args>` with spark-submit on the `spark_default` connection, in the Spark pool."""
     return SparkSubmitOperator(
         task_id=task_id,
         application=ENTRYPOINT,
@@ -59,5 +61,71 @@ def taxi_job(task_id: str, *args: str, timeout: timedelta | None = None, **kwarg
         py_files="{{ var.value.get('taxi_py_files', '') }}",
         conf={"spark.dynamicAllocation.enabled": "false"},
         execution_timeout=timeout or DEFAULT_ARGS["execution_timeout"],
+        pool=SETTINGS.spark_pool,
         **kwargs,
     )
+
+
+def wait_for_publication(service: str):
+    """The monthly run's first task: succeeds once the month's source is out; between checks the task is
+    `up_for_reschedule` and holds no worker slot. Fails, naming the source, once the wait has run out."""
+
+    @task.sensor(
+        task_id="wait_for_publication",
+        mode="reschedule",
+        poke_interval=SETTINGS.publication_poke_s,
+        # Backstop only: the check itself fails at the deadline counted from the month's end, with the source named.
+        timeout=timedelta(days=SETTINGS.publication_timeout_days + 62).total_seconds(),
+        retries=0,
+    )
+    def wait(month: str) -> bool:
+        from jobs import publication
+        from jobs.config import load_settings
+
+        status = publication.check(load_settings(), service, month)
+        print(status.message())
+        return status.published
+
+    return wait(MONTH)
+
+
+def announce_skip_reason(service: str, month: str, run_type: str, announced: list[str]) -> str | None:
+    """Why this run must not start a training (None: it announces a new month)."""
+    if run_type == "backfill":
+        return f"{month}: a backfill run; trigger taxi_training_{service} once the backfill is done"
+    if announced and max(announced) >= month:
+        return f"{month}: not newer than the last announced month {max(announced)} (a rerun starts no training)"
+    return None
+
+
+def announce_new_month(service: str):
+    """Updates the features asset (so training runs) only for a month newer than every month announced before, and
+    never from a backfill: a rerun of an old month or a backfill of history starts no training."""
+    asset = features_asset(service)
+
+    @task(task_id="announce_new_month", inlets=[asset], outlets=[asset])
+    def announce(month: str, *, dag_run=None, inlet_events=None, outlet_events=None) -> str:
+        announced = [e.extra.get("month") for e in inlet_events[asset] if e.extra and e.extra.get("month")]
+        reason = announce_skip_reason(service, month, getattr(dag_run.run_type, "value", dag_run.run_type), announced)
+        if reason:
+            raise AirflowSkipException(reason)
+        outlet_events[asset].extra = {"month": month}
+        return month
+
+    return announce(MONTH)
+
+
+def retrain_needed(service: str):
+    """Branch after `taxi monitor --pending`: read the reports this run wrote from the Delta drift table (shared
+    storage, whichever worker ran the monitor) and trigger training when any of them asks for it."""
+
+    @task.branch(task_id="retrain_needed")
+    def branch(*, dag_run=None) -> str:
+        from jobs.config import load_settings
+        from jobs.monitoring.decisions import weeks_asking_for_retraining
+
+        weeks = weeks_asking_for_retraining(load_settings(), service, since=dag_run.start_date)
+        print(f"weeks asking for retraining: {', '.join(weeks) or 'none'}")
+        return "trigger_retraining" if weeks else "no_retraining"
+
+    return branch()

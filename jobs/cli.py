@@ -150,6 +150,27 @@ def cmd_jars(settings, args):
     return None
 
 
+def cmd_airflow_init(settings, args):
+    """Prepare Airflow's metadata database for the DAGs: migrate it and create the Spark pool."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    airflow = shutil.which("airflow", path=str(Path(sys.executable).parent)) or shutil.which("airflow")
+    if not airflow:
+        raise TaxiError("airflow-init: the `airflow` command is not installed in this environment")
+    cfg = settings.airflow
+    slots = args.slots or cfg.spark_pool_slots
+    commands = [] if args.skip_migrate else [[airflow, "db", "migrate"]]
+    commands.append([airflow, "pools", "set", cfg.spark_pool, str(slots),
+                     "spark-submit tasks of the taxi DAGs: Spark jobs at once on this deployment"])  # fmt: skip
+    for command in commands:
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise TaxiError(f"airflow-init: `airflow {' '.join(command[1:3])}` failed: {out.stderr.strip()[-2000:]}")
+    return {"pool": cfg.spark_pool, "slots": slots, "migrated": not args.skip_migrate}
+
+
 def cmd_sql(settings, args):
     from . import lakehouse
 
@@ -316,6 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jars", help="resolve the Delta/SynapseML JARs into the cache and print them (for --jars)")
     p.set_defaults(func=cmd_jars)
+
+    p = sub.add_parser(
+        "airflow-init",
+        help="migrate Airflow's metadata database and create the Spark pool the DAGs' tasks run in",
+        description="Runs `airflow db migrate`, then `airflow pools set <airflow.spark_pool> <slots>`: every "
+        "spark-submit task takes a slot, so a backfill queues instead of starting more Spark drivers than the host "
+        "or cluster takes. Run it once per Airflow deployment, and again to change the slots.",
+    )
+    p.add_argument("--slots", type=int, help="pool slots (default: airflow.spark_pool_slots, 1 in conf/local.yaml)")
+    p.add_argument("--skip-migrate", action="store_true", help="only create or resize the pool")
+    p.set_defaults(func=cmd_airflow_init)
 
     p = sub.add_parser("sql", help="register every lakehouse table as taxi.<name> and run a Spark SQL query")
     p.add_argument("query", nargs="?", help="SQL to run; without it, list the registered tables")

@@ -11,6 +11,7 @@ No other module reads the environment for settings.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -143,6 +144,18 @@ class MonitorConfig(_Section):
     sample_rows: int = Field(20000, gt=0)
 
 
+class AirflowConfig(_Section):
+    """Read by the DAG files when Airflow parses them, and by `taxi airflow-init`."""
+
+    start_date: dt.date = dt.date(2022, 1, 1)  # the first month the monthly DAGs process
+    end_date: dt.date | None = None  # the last one (None: keep going with the calendar)
+    catchup: bool = True  # create the runs of months between start_date and now that never ran
+    spark_pool: str = "taxi_spark"  # every spark-submit task takes a slot of this pool
+    spark_pool_slots: int = Field(1, ge=1)  # Spark jobs at once on this deployment (set by taxi airflow-init)
+    publication_poke_s: int = Field(6 * 3600, ge=1)  # how often a monthly run checks whether its file is out
+    publication_timeout_days: int = Field(90, ge=1)  # after the month ends; then the run fails, naming the source
+
+
 class Settings(_Section):
     lakehouse: Path
     data: DataConfig
@@ -155,6 +168,7 @@ class Settings(_Section):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     monitor: MonitorConfig = MonitorConfig()
+    airflow: AirflowConfig = AirflowConfig()
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:

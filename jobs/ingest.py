@@ -22,6 +22,7 @@ from .config import Settings
 from .errors import InputError
 from .log import JobLog
 from .months import check_month, check_service
+from .publication import default_source
 from .schema import REQUIRED_RAW, TRIP_COLUMNS, canonical_name
 
 PARQUET_MAGIC = b"PAR1"
@@ -126,13 +127,6 @@ def share_in_month(bronze, month: str) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------------------------
 # Landing (file system side)
 # ---------------------------------------------------------------------------------------------------------------
-def default_source(settings: Settings, service: str, month: str) -> str:
-    """The shipped sample file for the month if there is one, else the TLC's public URL."""
-    for candidate in sorted((settings.data.sample_dir / service).glob(f"{service}_tripdata_{month}*")):
-        return str(candidate)
-    return settings.data.source_url_template.format(service=service, month=month)
-
-
 def _local_path(settings: Settings, source: str, label: str) -> Path:
     path = Path(urllib.parse.urlparse(source).path if source.startswith("file://") else source).resolve()
     if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):

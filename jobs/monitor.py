@@ -33,7 +33,7 @@ SUMMARY_KEYS = ("verdict", "retrain", "drifted_features", "performance", "refere
                 "week")  # fmt: skip
 DRIFT_SCHEMA = (
     "service string, week string, feature string, metric string, value double, threshold double, drifted boolean, "
-    "judged boolean, reference_months string, model_version int, verdict string, run_id string"
+    "judged boolean, reference_months string, model_version int, verdict string, retrain boolean, run_id string"
 )
 
 
@@ -160,7 +160,7 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         threshold = j["threshold"] if j else (result["rmse_limit"] if r["feature"] == "_performance"
                                               and r["metric"] == "rmse" else None)  # fmt: skip
         return (service, week, r["feature"], r["metric"], float(r["value"]), threshold, bool(j and j["fired"]),
-                bool(j and j["counts"]), profile["month"], int(mv.version), result["verdict"], run_id)  # fmt: skip
+                bool(j and j["counts"]), profile["month"], int(mv.version), result["verdict"], retrain, run_id)  # fmt: skip
 
     drift_df = spark.createDataFrame([row(r) for r in records], DRIFT_SCHEMA).withColumn(
         "computed_at", F.current_timestamp()

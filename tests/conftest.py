@@ -328,6 +328,14 @@ def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
     }
 
 
+def airflow_init(env: dict[str, str]) -> str:
+    """`taxi airflow-init` (db migrate + the Spark pool) as a deployment runs it; its JSON summary line."""
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "airflow-init"], env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, f"taxi airflow-init: {out.stderr[-3000:]}"
+    return out.stdout.strip().splitlines()[-1]
+
+
 def airflow_cli(env: dict[str, str], *args: str, timeout: int = 300, check: bool = True):
     """Run one `airflow` CLI command. Retried while sqlite says "database is locked": the test Airflow runs on sqlite,
     whose single writer lock a busy scheduler or dag-processor can hold past the CLI's 5 s busy timeout."""

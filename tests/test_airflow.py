@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from jobs import lakehouse
 
-from .conftest import ROOT, airflow_cli, airflow_env, table_checksum
+from .conftest import ROOT, airflow_cli, airflow_env, airflow_init, table_checksum
 
 DEFAULT_TIER = "unit"  # tests without a tier marker of their own
 DAGS = ROOT / "dags"
@@ -46,48 +47,96 @@ def test_dag_files_do_no_heavy_imports_at_parse_time():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def _render(task, logical_date: str, conf: dict | None = None) -> list[str]:
-    """The task's spark-submit arguments as a run with this logical date renders them."""
+def _run_created_on(dag, day: str) -> dict:
+    """The template context of the run the DAG's own timetable creates on ``day`` (a real DagRunInfo)."""
     import pendulum
     from airflow.sdk import macros
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import DataInterval, TimeRestriction
 
-    context = {"logical_date": pendulum.parse(logical_date), "macros": macros,
-               "dag_run": type("DagRun", (), {"conf": conf or {}})(), "var": {"value": {}}}  # fmt: skip
-    return task.render_template(task.application_args, context, task.dag.get_template_env())
+    created = pendulum.parse(day)
+    timetable = coerce_to_core_timetable(dag.timetable)
+    previous = DataInterval(created.subtract(months=2), created.subtract(months=1))
+    info = timetable.next_dagrun_info(last_automated_data_interval=previous,
+                                      restriction=TimeRestriction(earliest=None, latest=None, catchup=True))  # fmt: skip
+    assert info.run_after == created
+    interval = info.data_interval
+    return {"data_interval_start": interval.start, "data_interval_end": interval.end, "logical_date": interval.start,
+            "run_after": info.run_after, "macros": macros, "dag_run": type("DagRun", (), {"conf": {}})(),
+            "var": {"value": {}}}  # fmt: skip
 
 
-def test_monthly_dag_wiring(dagbag):
+def _render(task, context: dict, conf: dict | None = None) -> list[str]:
+    """The task's arguments (spark-submit's, or a decorated task's) rendered with the Jinja environment of its DAG."""
+    if conf is not None:
+        context = {**context, "dag_run": type("DagRun", (), {"conf": conf})()}
+    field = "application_args" if hasattr(task, "application_args") else "op_args"
+    return list(task.render_template(list(getattr(task, field)), context, task.dag.get_template_env()))
+
+
+def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagbag):
     dag = dagbag.dags["taxi_monthly_green"]
     assert dag.catchup is True and dag.max_active_runs == 1
-    assert dag.start_date.strftime("%Y-%m-%d") == "2022-01-01" and dag.end_date is None  # TAXI_DAG_* unset
-    assert dag.timetable.expression == "0 0 1 * *"  # a run on the 1st of each month
+    assert dag.start_date.strftime("%Y-%m-%d") == "2022-01-01" and dag.end_date is None  # conf/local.yaml airflow:
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable" and dag.timetable.expression == "0 0 1 * *"
     chain = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
-    assert chain == {"ingest": ["validate"], "validate": ["features"], "features": ["score"], "score": []}
-    for t in dag.tasks:
+    assert chain == {"wait_for_publication": ["ingest"], "ingest": ["validate"], "validate": ["features"],
+                     "features": ["announce_new_month", "score"], "score": [], "announce_new_month": []}  # fmt: skip
+    spark_tasks = [t for t in dag.tasks if hasattr(t, "application")]
+    assert [t.task_id for t in spark_tasks] == ["ingest", "validate", "features", "score"]
+    for t in spark_tasks:
         assert t.retries == 2 and t.retry_exponential_backoff and t.execution_timeout == timedelta(hours=1)
         assert t._conn_id == "spark_default" and t.application.endswith("jobs/entrypoint.py")
-    # A run stands for the month of its logical date (its data-interval start).
-    assert _render(dag.get_task("ingest"), "2023-04-01") == ["ingest", "--service", "green", "--month", "2023-04"]
-    assert _render(dag.get_task("score"), "2022-12-01") == [
-        "score", "--service", "green", "--month", "2022-12", "--skip-if-no-model"]  # fmt: skip
+        assert t.pool == "taxi_spark"  # a backfill queues for the pool instead of starting more Spark drivers
+    # The run created on 2023-04-01 (when March ended) processes March, in every task.
+    run = _run_created_on(dag, "2023-04-01")
+    assert _render(dag.get_task("wait_for_publication"), run) == ["2023-03"]
+    assert _render(dag.get_task("ingest"), run) == ["ingest", "--service", "green", "--month", "2023-03"]
+    assert _render(dag.get_task("score"), run) == [
+        "score", "--service", "green", "--month", "2023-03", "--skip-if-no-model"]  # fmt: skip
+    assert _render(dag.get_task("announce_new_month"), run) == ["2023-03"]
+    wait = dag.get_task("wait_for_publication")
+    assert wait.mode == "reschedule" and wait.poke_interval == 6 * 3600 and wait.retries == 0
     assert [t.task_id for t in dag.tasks if t.depends_on_past] == ["features"]  # months' features in order
-    assert [o.uri for o in dag.get_task("features").outlets] == ["lakehouse://silver/features/green"]
+    assert [o.uri for o in dag.get_task("announce_new_month").outlets] == ["lakehouse://silver/features/green"]
+    assert [o.uri for o in dag.get_task("score").outlets] == ["lakehouse://gold/predictions/green"]
+    assert dag.get_task("features").outlets == []  # a rerun of features alone announces nothing
 
 
-def test_training_and_monitoring_dag_wiring(dagbag):
+def test_training_runs_on_announced_months_and_monitoring_on_scored_ones(dagbag):
     train = dagbag.dags["taxi_training_green"]
     assert [a.uri for a in train.timetable.asset_condition.objects] == ["lakehouse://silver/features/green"]
     task = train.get_task("train")
-    assert task.execution_timeout == timedelta(hours=3)
-    assert _render(task, "2023-04-01") == ["train", "--service", "green", "--until", "latest"]
-    assert _render(task, "2023-04-01", {"until": "2023-02"})[-1] == "2023-02"  # the monitor's trigger conf
+    assert task.execution_timeout == timedelta(hours=3) and task.pool == "taxi_spark"
+    run = _run_created_on(dagbag.dags["taxi_monthly_green"], "2023-04-01")
+    assert _render(task, run) == ["train", "--service", "green", "--until", "latest"]
+    assert _render(task, run, {"until": "2023-02"})[-1] == "2023-02"  # a manual trigger's conf
     mon = dagbag.dags["taxi_monitoring_green"]
-    assert mon.timetable.expression == "0 6 * * 1"
-    # The Monday run of 2023-02-13 reports on the ISO week that just ended.
-    assert _render(mon.get_task("monitor"), "2023-02-13T06:00:00") == [
-        "monitor", "--service", "green", "--week", "2023-W06"]  # fmt: skip
+    assert [a.uri for a in mon.timetable.asset_condition.objects] == ["lakehouse://gold/predictions/green"]
+    assert _render(mon.get_task("monitor"), run) == ["monitor", "--service", "green", "--pending"]
+    assert mon.get_task("monitor").pool == "taxi_spark"
     assert sorted(mon.get_task("retrain_needed").downstream_task_ids) == ["no_retraining", "trigger_retraining"]
-    assert mon.get_task("trigger_retraining").trigger_dag_id == "taxi_training_green"
+    trigger = mon.get_task("trigger_retraining")
+    assert trigger.trigger_dag_id == "taxi_training_green" and trigger.conf == {"until": "latest"}
+
+
+def test_only_a_new_month_outside_a_backfill_starts_a_training():
+    from jobs.airflow_wiring import announce_skip_reason
+
+    assert announce_skip_reason("green", "2023-03", "scheduled", ["2023-01", "2023-02"]) is None
+    assert announce_skip_reason("green", "2023-01", "scheduled", []) is None  # the first month ever
+    assert "not newer than the last announced month 2023-02" in announce_skip_reason(
+        "green", "2023-01", "scheduled", ["2023-01", "2023-02"])  # fmt: skip
+    assert "not newer" in announce_skip_reason("green", "2023-02", "manual", ["2023-02"])  # a rerun of that month
+    assert "backfill" in announce_skip_reason("green", "2024-01", "backfill", ["2023-02"])
+
+
+@pytest.mark.integration  # no Spark, but a real metadata database to migrate (about 25 s)
+def test_airflow_init_creates_the_spark_pool_with_the_configured_slots(tmp_path):
+    env = {**airflow_env(tmp_path, tmp_path / "lakehouse"), "TAXI__AIRFLOW__SPARK_POOL_SLOTS": "3"}
+    assert json.loads(airflow_init(env))["slots"] == 3
+    pools = json.loads(airflow_cli(env, "pools", "get", "taxi_spark", "--output", "json").stdout)
+    assert [(p["pool"], int(p["slots"])) for p in pools] == [("taxi_spark", 3)]
 
 
 @pytest.mark.slow
@@ -96,7 +145,7 @@ def test_airflow_dags_test_runs_the_monthly_pipeline_and_matches_the_jobs_by_han
     bronze, validated and quarantined rows equal those the same jobs wrote when run by hand (golden lakehouse)."""
     dag_lakehouse = tmp_path / "lakehouse"
     env = airflow_env(tmp_path, dag_lakehouse)
-    airflow_cli(env, "db", "migrate")
+    airflow_init(env)
     run = airflow_cli(env, "dags", "test", "taxi_monthly_green", "2023-02-01", timeout=900, check=False)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
