@@ -19,7 +19,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from jobs.config import SERVICES, load_settings
+from jobs.config import SERVICES as SERVICES  # the DAG files loop over them
+from jobs.config import load_settings
 
 ENTRYPOINT = str(Path(__file__).resolve().parent / "entrypoint.py")
 SETTINGS = load_settings().airflow

@@ -160,7 +160,8 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         threshold = j["threshold"] if j else (result["rmse_limit"] if r["feature"] == "_performance"
                                               and r["metric"] == "rmse" else None)  # fmt: skip
         return (service, week, r["feature"], r["metric"], float(r["value"]), threshold, bool(j and j["fired"]),
-                bool(j and j["counts"]), profile["month"], int(mv.version), result["verdict"], retrain, run_id)  # fmt: skip
+                bool(j and j["counts"]), profile["month"], int(mv.version), result["verdict"], retrain,
+                run_id)  # fmt: skip
 
     drift_df = spark.createDataFrame([row(r) for r in records], DRIFT_SCHEMA).withColumn(
         "computed_at", F.current_timestamp()

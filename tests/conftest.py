@@ -299,6 +299,39 @@ def chromium_dom(url: str, budget_ms: int = 5000) -> str:
     return out.stdout
 
 
+_PROBE = """<html><body><pre id="out">not loaded</pre><iframe id="f" src="%s" width="1280" height="900"></iframe>
+<script>
+var f = document.getElementById("f");
+f.onload = function () { setTimeout(function () {
+  var d = f.contentDocument, w = f.contentWindow;
+  document.getElementById("out").textContent = JSON.stringify({
+    table_rows: d.querySelectorAll("table tbody tr[data-index]").length,
+    tables: d.querySelectorAll("table").length,
+    body_font: w.getComputedStyle(d.body).fontFamily,
+    remote: w.performance.getEntriesByType("resource").map(function (e) { return e.name; })
+             .filter(function (n) { return /^https?:/.test(n); }),
+    text: d.body.innerText.slice(0, 50000)});
+}, 1500); };
+</script></body></html>"""
+
+
+def chromium_probe(page: Path, tmp_path: Path) -> dict[str, Any]:
+    """Open ``page`` in headless Chromium with every network name unresolvable and report what rendered: rows that
+    bootstrap-table filled in, the body's computed font (Bootstrap's stack vs the browser default), the network
+    loads the page attempted, and its visible text."""
+    import html
+
+    harness = tmp_path / f"probe-{page.stem}.html"
+    harness.write_text(_PROBE % html.escape(page.as_uri()))
+    out = subprocess.run(
+        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+         "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom", harness.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    start = out.stdout.index('<pre id="out">') + len('<pre id="out">')
+    return json.loads(html.unescape(out.stdout[start : out.stdout.index("</pre>", start)]))
+
+
 def job_env(lakehouse: Path, **extra: str) -> dict[str, str]:
     """Environment for a `taxi` (or Airflow) subprocess on ``lakehouse``. MLflow exports the tracking URI of the
     last ``set_tracking_uri`` into this process's environment; a child must find its own lakehouse's store."""
@@ -334,6 +367,20 @@ def airflow_init(env: dict[str, str]) -> str:
                          timeout=300)  # fmt: skip
     assert out.returncode == 0, f"taxi airflow-init: {out.stderr[-3000:]}"
     return out.stdout.strip().splitlines()[-1]
+
+
+def airflow_db(env: dict[str, str], sql: str, *params) -> list[tuple]:
+    """Read Airflow's metadata database directly: polling through the `airflow` CLI would start a Python process
+    that imports Airflow every few seconds, and on 2 cores that starves the Spark jobs under test."""
+    with sqlite3.connect(f"file:{env['AIRFLOW_HOME']}/airflow.db?mode=ro", uri=True, timeout=30) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def airflow_task_states(env: dict[str, str], dag_id: str) -> dict[str, str]:
+    """{task_id: state} in the DAG's latest run."""
+    rows = airflow_db(env, "select task_id, state from task_instance where run_id = (select run_id from dag_run "
+                      "where dag_id = ? order by id desc limit 1) and dag_id = ?", dag_id, dag_id)  # fmt: skip
+    return dict(rows)
 
 
 def airflow_cli(env: dict[str, str], *args: str, timeout: int = 300, check: bool = True):

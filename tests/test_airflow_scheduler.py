@@ -1,0 +1,249 @@
+"""Real Airflow 3 under its scheduler: `airflow standalone` (API server, scheduler, dag-processor, triggerer) on
+loopback.
+
+- A backfill over two shipped yellow months; a second backfill reprocesses the newest, completed month and changes no
+  table's row count.
+- The live calendar: a loopback HTTP server serves TLC-named green files for 2023-01 and 2023-02; the scheduler's own
+  runs process them, the run for 2023-03 waits in its sensor until the file appears, then completes; each new month
+  updates the features asset (training's trigger) once, and a rerun of an old month does not."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from jobs import lakehouse
+
+from .conftest import ROOT, airflow_cli, airflow_db, airflow_env, airflow_init, table_checksum, wait_until
+
+DEFAULT_TIER = "slow"  # tests without a tier marker of their own
+DAG_ID = "taxi_monthly_yellow"
+MONTHS = ("2019-03", "2019-04")
+RUNS_TIMEOUT_S = 1500
+POLL_S = 3  # how often the test asks Airflow for the runs' states
+TABLES = (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _airflow(env, *args) -> str:
+    return airflow_cli(env, *args).stdout
+
+
+def _runs(env, dag_id: str = DAG_ID) -> dict[str, tuple[str, str]]:
+    """{run_id: (logical month, state)} of every run of the DAG."""
+    rows = airflow_db(env, "select run_id, logical_date, state from dag_run where dag_id = ?", dag_id)
+    return {run_id: (str(logical)[:7], state) for run_id, logical, state in rows}
+
+
+def _finished(env, runs: int = len(MONTHS)) -> bool:
+    """Every run ended and the scheduler closed the backfill: it marks a backfill complete on a later loop than its
+    last run's end, and a new backfill of the same DAG is refused until then."""
+    states = [state for _, state in _runs(env).values()]
+    open_backfills = airflow_db(env, "select id from backfill where dag_id = ? and completed_at is null", DAG_ID)
+    return len(states) == runs and all(s in ("success", "failed") for s in states) and not open_backfills
+
+
+def _delta_version(path: Path) -> int:
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(path)).version()
+
+
+def _counts(lake: Path) -> dict[str, int]:
+    return {f"{t.relpath} {m}": table_checksum(str(lake / t.relpath), "yellow", m)[0] for t in TABLES for m in MONTHS}
+
+
+@contextlib.contextmanager
+def _standalone(tmp_path: Path, dag_id: str, **extra_env: str):
+    """`airflow standalone` on a free loopback port until the dag-processor has registered ``dag_id``."""
+    lake = tmp_path / "lakehouse"
+    port = _free_port()
+    env = {
+        **airflow_env(tmp_path, lake),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "true",
+        # The DAG files do not change during the test: parse them once, not every few seconds.
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "600",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "600",
+        "AIRFLOW__API__WORKERS": "1",
+        **extra_env,
+    }
+    airflow_init(env)  # the metadata database and the taxi_spark pool: without the pool no Spark task is scheduled
+    log = (tmp_path / "standalone.log").open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+
+        def registered() -> bool:
+            assert proc.poll() is None, (tmp_path / "standalone.log").read_text()[-3000:]
+            tables = {r[0] for r in airflow_db(env, "select name from sqlite_master where type = 'table'")}
+            return "dag" in tables and bool(airflow_db(env, "select dag_id from dag where dag_id = ?", dag_id))
+
+        wait_until("the dag-processor registered the DAG", registered, 300, POLL_S)
+        yield env, lake
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture()
+def airflow_stack(tmp_path):
+    """The monthly yellow DAG bounded to the two months, history only: unpausing it schedules nothing but what the
+    backfill asks for."""
+    bounds = {"TAXI__AIRFLOW__START_DATE": f"{MONTHS[0]}-01", "TAXI__AIRFLOW__END_DATE": f"{MONTHS[-1]}-01",
+              "TAXI__AIRFLOW__CATCHUP": "false"}  # fmt: skip
+    with _standalone(tmp_path, DAG_ID, **bounds) as stack:
+        yield stack
+
+
+def test_backfill_over_two_months_completes_and_reprocessing_one_changes_no_row_count(airflow_stack):
+    env, lake = airflow_stack
+    _airflow(env, "dags", "unpause", DAG_ID)
+    window = ("--dag-id", DAG_ID, "--from-date", f"{MONTHS[0]}-01", "--to-date", f"{MONTHS[-1]}-01")
+    # `features` depends on the past, and Airflow then asks what to do with months that already ran.
+    _airflow(env, "backfill", "create", *window, "--reprocess-behavior", "failed")
+    wait_until("both backfill runs finished", lambda: _finished(env), RUNS_TIMEOUT_S, POLL_S)
+    runs = _runs(env)
+    assert sorted(runs.values()) == [(m, "success") for m in MONTHS], runs
+    assert all(run_id.startswith("backfill__") for run_id in runs)  # the unpaused DAG scheduled nothing itself
+    first = _counts(lake)
+    assert all(n > 0 for k, n in first.items() if not k.startswith("quarantine")), first
+    for m in MONTHS:
+        assert first[f"silver/trips {m}"] + first[f"quarantine/trips {m}"] == first[f"bronze/trips {m}"]
+
+    # A second backfill over the newest month, reprocessing a completed run: every task reruns, no row count moves.
+    features_before = _delta_version(lake / lakehouse.FEATURES.relpath)
+    newest = ("--dag-id", DAG_ID, "--from-date", f"{MONTHS[-1]}-01", "--to-date", f"{MONTHS[-1]}-01")
+    _airflow(env, "backfill", "create", *newest, "--reprocess-behavior", "completed")
+    wait_until(
+        "second backfill rewrote the month and finished",
+        lambda: _delta_version(lake / lakehouse.FEATURES.relpath) > features_before and _finished(env),
+        RUNS_TIMEOUT_S,
+        POLL_S,
+    )
+    assert sorted(_runs(env).values()) == [(m, "success") for m in MONTHS]
+    assert _counts(lake) == first
+
+
+# ---- the live calendar ------------------------------------------------------------------------------------------
+LIVE_DAG = "taxi_monthly_green"
+LIVE_ROWS = 20_000  # rows served per month: enough for every rule, small enough for 2 cores
+
+
+def _tlc_file(src: Path, dst: Path, shift_days: int = 0) -> None:
+    """A TLC-named green file: the first LIVE_ROWS trips of a shipped month, its clock moved by ``shift_days``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src).slice(0, LIVE_ROWS)
+    for name in ("lpep_pickup_datetime", "lpep_dropoff_datetime"):
+        moved = pc.add(table[name], pa.scalar(shift_days * 86_400_000_000, pa.duration("us")).cast(
+            pa.duration(table[name].type.unit)))  # fmt: skip
+        table = table.set_column(table.schema.get_field_index(name), name, moved)
+    pq.write_table(table, dst)
+
+
+@contextlib.contextmanager
+def _file_server(root: Path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _task_states(env, task_id: str) -> dict[str, str]:
+    """{logical month: state} of one task across the live DAG's runs."""
+    rows = airflow_db(env, "select r.logical_date, t.state from task_instance t join dag_run r on t.dag_id = r.dag_id "
+                     "and t.run_id = r.run_id where t.dag_id = ? and t.task_id = ?", LIVE_DAG, task_id)  # fmt: skip
+    return {str(logical)[:7]: state for logical, state in rows}
+
+
+def _announced(env) -> list[str]:
+    """The months the features asset (what schedules training) was updated for, in order."""
+    rows = airflow_db(env, "select e.extra from asset_event e join asset a on e.asset_id = a.id where a.uri = ? "
+                     "order by e.id", "lakehouse://silver/features/green")  # fmt: skip
+    return [json.loads(extra or "{}").get("month") for (extra,) in rows]
+
+
+def test_live_calendar_runs_published_months_waits_for_the_next_and_trains_once_per_new_month(tmp_path):
+    shipped = ROOT / "data" / "tlc" / "green"
+    site = tmp_path / "tlc-site"
+    site.mkdir()
+    for month in ("2023-01", "2023-02"):
+        _tlc_file(shipped / f"green_tripdata_{month}.parquet", site / f"green_tripdata_{month}.parquet")
+    (tmp_path / "no-samples").mkdir()
+    with _file_server(site) as url:
+        calendar = {
+            # The scheduler's own runs (catch-up), for the data intervals of January to March 2023.
+            "TAXI__AIRFLOW__START_DATE": "2023-01-01",
+            "TAXI__AIRFLOW__END_DATE": "2023-03-01",
+            "TAXI__AIRFLOW__CATCHUP": "true",
+            "TAXI__AIRFLOW__PUBLICATION_POKE_S": "5",
+            # The wait's deadline counts from the month's end on the real clock: 2023 months are years old today.
+            "TAXI__AIRFLOW__PUBLICATION_TIMEOUT_DAYS": "36500",
+            "TAXI__DATA__SOURCE_URL_TEMPLATE": url + "/{service}_tripdata_{month}.parquet",
+            "TAXI__DATA__SAMPLE_DIR": str(tmp_path / "no-samples"),  # the files come from the server only
+        }
+        with _standalone(tmp_path, LIVE_DAG, **calendar) as (env, lake):
+            _airflow(env, "dags", "unpause", LIVE_DAG)
+
+            def march_waits() -> bool:
+                runs = sorted(_runs(env, LIVE_DAG).values())
+                assert not any(state == "failed" for _, state in runs), runs
+                waiting = _task_states(env, "wait_for_publication").get("2023-03") == "up_for_reschedule"
+                return runs[:2] == [("2023-01", "success"), ("2023-02", "success")] and waiting
+
+            wait_until("January and February done, March waiting for its file", march_waits, RUNS_TIMEOUT_S, POLL_S)
+            assert sorted(_runs(env, LIVE_DAG).values())[2] == ("2023-03", "running")
+            assert _task_states(env, "ingest").get("2023-03") is None  # nothing downstream started
+            assert _announced(env) == ["2023-01", "2023-02"]  # each new month once: two trainings' triggers
+
+            # The TLC publishes March: the same run goes on by itself.
+            _tlc_file(shipped / "green_tripdata_2023-02.parquet", site / "green_tripdata_2023-03.parquet", 28)
+            wait_until("the March run completed", lambda: _runs(env, LIVE_DAG) and sorted(
+                _runs(env, LIVE_DAG).values())[2] == ("2023-03", "success"), RUNS_TIMEOUT_S, POLL_S)  # fmt: skip
+            assert _announced(env) == ["2023-01", "2023-02", "2023-03"]
+            for month in ("2023-01", "2023-02", "2023-03"):
+                assert table_checksum(str(lake / lakehouse.FEATURES.relpath), "green", month)[0] > 0, month
+
+            # A rerun of January's features (and what follows them) starts no training.
+            features_before = _delta_version(lake / lakehouse.FEATURES.relpath)
+            _airflow(env, "tasks", "clear", LIVE_DAG, "-t", "^features$", "-s", "2023-01-01", "-e", "2023-01-01",
+                     "--downstream", "--yes")  # fmt: skip
+            wait_until("the January rerun finished", lambda: _delta_version(lake / lakehouse.FEATURES.relpath)
+                       > features_before and _task_states(env, "announce_new_month").get("2023-01") == "skipped"
+                       and _runs(env, LIVE_DAG) and sorted(_runs(env, LIVE_DAG).values())[0][1] == "success",
+                       RUNS_TIMEOUT_S, POLL_S)  # fmt: skip
+            assert _announced(env) == ["2023-01", "2023-02", "2023-03"]
+    shutil.rmtree(site)
