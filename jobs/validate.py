@@ -25,6 +25,7 @@ from .config import PROJECT_ROOT, Settings
 from .errors import MissingUpstream, MonthRejected
 from .log import JobLog, spark_progress
 from .months import add_months, check_month, check_service
+from .reports.offline import make_offline
 
 SUITES_DIR = PROJECT_ROOT / "expectations"
 
@@ -218,6 +219,7 @@ class GxRunner:
             expectation_parameters=params,
             run_id=gx.RunIdentifier(run_name=run_name),
         )
+        make_offline(self.docs_index.parent)  # GX just rebuilt pages that load from CDNs
         outcome = SuiteOutcome(suite)
         by_rule = {e["meta"]["rule"]: e for e in expectations}
         for vr in result.run_results.values():
