@@ -43,7 +43,9 @@ for service in SERVICES:
         common = ("--service", service, "--month", MONTH)
         published = wait_for_publication(service)
         ingest = taxi_job("ingest", "ingest", *common)
-        validate = taxi_job("validate", "validate", *common)
+        # A rejection is final, not transient: it sets the file aside and puts the last accepted data back, so a
+        # retry would re-validate that data and turn the run green. Rerun from ingest instead.
+        validate = taxi_job("validate", "validate", *common, retries=0)
         # Whatever runs in parallel (a backfill runs up to --max-active-runs months at once), features wait for the
         # previous month's features to succeed.
         features = taxi_job("features", "features", *common, depends_on_past=True)

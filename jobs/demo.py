@@ -57,6 +57,7 @@ def run(spark, settings: Settings) -> dict[str, Any]:
         "service", "month", "verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share"
     ).dropDuplicates(["service", "month"]).orderBy("service", "month").show(50, truncate=False)
     print(f"Data Docs (validation reports): {validate.GxRunner(settings).docs_index}")
+    print(f"Validation overview (months side by side): {validate.GxRunner(settings).overview_page}")
     print(f"MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
     print(
         f"Training (green until {add_months(last, -1)}): best {trained['best_candidate']} "

@@ -182,6 +182,22 @@ def check_trip_columns(columns: dict[str, str], label: str, filename: str) -> No
         raise InputError(f"{label}: file {filename} is not a TLC trip file: missing column(s) {', '.join(missing)}")
 
 
+# Each service's own timestamp columns (every release since 2013 for green, since 2015 for yellow): a file
+# carrying the other service's prefix is the other service's file.
+SERVICE_PREFIX = {"green": "lpep_", "yellow": "tpep_"}
+
+
+def check_service_columns(columns: dict[str, str], service: str, label: str, filename: str) -> None:
+    """Refuse the other service's file before anything is landed, naming the columns that gave it away."""
+    for other, prefix in SERVICE_PREFIX.items():
+        found = [c for c in columns if other != service and c.strip().lower().startswith(prefix)]
+        if found:
+            raise InputError(
+                f"{label}: file {filename} is a {other} taxi file, not {service}: column(s) {', '.join(found)} "
+                f"carry the {other} prefix {prefix} ({service} files use {SERVICE_PREFIX[service]})"
+            )
+
+
 def stage(settings: Settings, service: str, month: str, source: str, log: JobLog) -> LandedFile:
     """Copy or download the source into a private staging folder and check it is a TLC trip file.
 
@@ -207,6 +223,7 @@ def stage(settings: Settings, service: str, month: str, source: str, log: JobLog
             shutil.copyfile(_local_path(settings, source, label), staged)
         fmt, columns = inspect_file(staged, label)
         check_trip_columns(columns, label, name)
+        check_service_columns(columns, service, label, name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -218,8 +235,8 @@ def commit_landing(settings: Settings, service: str, month: str, staged: LandedF
     target_dir = settings.raw_dir / service / month
     target_dir.mkdir(parents=True, exist_ok=True)
     src = Path(staged.path)
-    for old in target_dir.iterdir():  # one landed file per month: a re-land replaces it
-        if old.name != src.name:
+    for old in target_dir.iterdir():  # one landed file per month: a re-land replaces it (the accepted copy stays)
+        if old.is_file() and old.name != src.name:
             old.unlink()
     final = target_dir / src.name
     os.replace(src, final)
@@ -228,6 +245,61 @@ def commit_landing(settings: Settings, service: str, month: str, staged: LandedF
     (target_dir / f"{src.name}.sha256").write_text(f"{landed.checksum}  {src.name}\n")
     (target_dir / "_landing.json").write_text(json.dumps(asdict(landed), indent=1))
     return landed
+
+
+ACCEPTED = "_accepted"  # raw/<service>/<month>/_accepted/: a copy of the last file validation accepted
+
+
+def mark_accepted(settings: Settings, service: str, month: str, landed: LandedFile, bronze_version: int) -> None:
+    """Keep the accepted file (a hard link where the file system allows) and the bronze version holding its rows,
+    so a later rejected re-landing can be undone."""
+    folder = settings.raw_dir / service / month / ACCEPTED
+    staging = folder.with_name(f".{ACCEPTED}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    src = Path(landed.path)
+    try:
+        os.link(src, staging / src.name)
+    except OSError:
+        shutil.copy2(src, staging / src.name)
+    (staging / "_landing.json").write_text(json.dumps({**asdict(landed), "bronze_version": bronze_version}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+
+
+def set_aside_rejected(settings: Settings, service: str, month: str, landed: LandedFile, run_id: str,
+                       reason: str) -> Path:  # fmt: skip
+    """Move a rejected landed file to ``raw/_rejected/<service>/<month>/<run_id>/`` with its checksum and reason, and
+    put the last accepted file (if any) back in its place. Returns the rejected file's new path."""
+    month_dir = settings.raw_dir / service / month
+    aside = settings.raw_dir / "_rejected" / service / month / run_id
+    aside.mkdir(parents=True, exist_ok=True)
+    src = Path(landed.path)
+    os.replace(src, aside / src.name)
+    (aside / "_rejected.json").write_text(
+        json.dumps({**asdict(landed), "path": str(aside / src.name), "run_id": run_id, "reason": reason}, indent=1)
+    )
+    for leftover in (month_dir / f"{src.name}.sha256", month_dir / "_landing.json"):
+        leftover.unlink(missing_ok=True)
+    accepted = accepted_landing(settings, service, month)
+    if accepted is not None:
+        landed_back, _ = accepted
+        name = Path(landed_back.path).name
+        shutil.copy2(month_dir / ACCEPTED / name, month_dir / name)
+        (month_dir / f"{name}.sha256").write_text(f"{landed_back.checksum}  {name}\n")
+        (month_dir / "_landing.json").write_text(json.dumps({**asdict(landed_back), "path": str(month_dir / name)},
+                                                            indent=1))  # fmt: skip
+    return aside / src.name
+
+
+def accepted_landing(settings: Settings, service: str, month: str) -> tuple[LandedFile, int] | None:
+    """The last accepted landing of the month and the bronze version holding its rows, if there is one."""
+    manifest = settings.raw_dir / service / month / ACCEPTED / "_landing.json"
+    if not manifest.exists():
+        return None
+    data = json.loads(manifest.read_text())
+    version = data.pop("bronze_version")
+    return LandedFile(**{**data, "path": str(manifest.parent / Path(data["path"]).name)}), int(version)
 
 
 def discard(staged: LandedFile) -> None:

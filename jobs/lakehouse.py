@@ -125,9 +125,11 @@ def replace_partition(df, settings: Settings, table: Table, run_id: str, service
     return replace_where(df, settings, table, run_id, partition_predicate(service, month))
 
 
-def append(df, settings: Settings, table: Table, run_id: str) -> int:
-    """Append rows as one commit (run logs, drift rows); returns the Delta version written."""
-    writer = df.write.format("delta").mode("append").option("userMetadata", run_id)
+def append(df, settings: Settings, table: Table, run_id: str, merge_schema: bool = False) -> int:
+    """Append rows as one commit (run logs, drift rows); returns the Delta version written. ``merge_schema`` lets
+    a newer job add columns to a table an older one wrote."""
+    writer = (df.write.format("delta").mode("append").option("userMetadata", run_id)
+              .option("mergeSchema", str(merge_schema).lower()))  # fmt: skip
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
     retry_on_conflict(lambda: writer.save(table.path(settings)), table.relpath, settings.writes.conflict_retries,

@@ -15,53 +15,17 @@ checks that every compiled rule counts exactly the rows GX counted.
 from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import ingest, lakehouse
-from .config import PROJECT_ROOT, Settings
+from .config import Settings
 from .errors import MissingUpstream, MonthRejected
 from .log import JobLog, spark_progress
 from .months import add_months, check_month, check_service
-from .reports.offline import make_offline
-
-SUITES_DIR = PROJECT_ROOT / "expectations"
-
-
-@dataclass
-class Suite:
-    name: str
-    version: str
-    expectations: list[dict[str, Any]]
-
-    @classmethod
-    def load(cls, service: str, level: str, suites_dir: Path = SUITES_DIR) -> Suite:
-        data = json.loads((suites_dir / f"{service}_{level}.json").read_text())
-        return cls(data["name"], data["meta"]["version"], data["expectations"])
-
-    def rules(self) -> list[str]:
-        return [e["meta"]["rule"] for e in self.expectations]
-
-
-@dataclass
-class RuleOutcome:
-    rule: str
-    success: bool
-    unexpected_count: int | None
-    reason: str
-    observed: Any = None
-
-
-@dataclass
-class SuiteOutcome:
-    suite: Suite
-    rules: list[RuleOutcome] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[RuleOutcome]:
-        return [r for r in self.rules if not r.success]
+from .reports import validation_overview
+from .validation.gx import GxRunner, gx_lock
+from .validation.suites import Suite
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,96 +112,11 @@ def raw_with_canonical_names(raw):
     return raw.select(*cols)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Great Expectations
-# ---------------------------------------------------------------------------------------------------------------
-class GxRunner:
-    """A file-backed GX context in the lakehouse's reports folder: suites, results history and Data Docs."""
+def with_row_failed(checked):
+    """``row_failed``: 1 for a row that breaks any row rule (the month rule's column)."""
+    from pyspark.sql import functions as F
 
-    def __init__(self, settings: Settings):
-        import great_expectations as gx
-
-        self.settings = settings
-        self.root = settings.reports_dir / "validation"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.gx = gx
-        self.context = gx.get_context(mode="file", project_root_dir=str(self.root))
-        bars = self.context.variables.progress_bars
-        if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is not False:
-            from great_expectations.data_context.types.base import ProgressBarsConfig
-
-            # Batch jobs log their own progress; GX's terminal bars only clutter the logs.
-            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
-            self.context.variables.save()
-        self.datasource = self.context.data_sources.add_or_update_spark(name="spark")
-
-    @property
-    def docs_index(self) -> Path:
-        return self.root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-
-    def _batch_definition(self, asset_name: str):
-        assets = {a.name: a for a in self.datasource.assets}
-        asset = assets.get(asset_name) or self.datasource.add_dataframe_asset(name=asset_name)
-        defs = {b.name: b for b in asset.batch_definitions}
-        return defs.get("whole_month") or asset.add_batch_definition_whole_dataframe("whole_month")
-
-    def run(self, suite: Suite, df, params: dict[str, Any], run_name: str, skip_types: tuple[str, ...] = ()):
-        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-        gx = self.gx
-        # A column-level rule on a column the file lacks cannot run: `columns_present` reports that column.
-        expectations = [
-            e
-            for e in suite.expectations
-            if e["type"] not in skip_types and e["kwargs"].get("column", df.columns[0]) in df.columns
-        ]
-        gx_suite = gx.ExpectationSuite(
-            name=suite.name,
-            expectations=[
-                ExpectationConfiguration(type=e["type"], kwargs=e["kwargs"], meta=e["meta"]).to_domain_obj()
-                for e in expectations
-            ],
-            meta={"version": suite.version},
-        )
-        gx_suite = self.context.suites.add_or_update(gx_suite)
-        vd = self.context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=suite.name, data=self._batch_definition(suite.name), suite=gx_suite)
-        )
-        checkpoint = self.context.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=suite.name,
-                validation_definitions=[vd],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-                result_format={
-                    "result_format": self.settings.validation.result_format,
-                    "partial_unexpected_count": self.settings.validation.partial_unexpected_count,
-                },
-            )
-        )
-        result = checkpoint.run(
-            batch_parameters={"dataframe": df},
-            expectation_parameters=params,
-            run_id=gx.RunIdentifier(run_name=run_name),
-        )
-        make_offline(self.docs_index.parent)  # GX just rebuilt pages that load from CDNs
-        outcome = SuiteOutcome(suite)
-        by_rule = {e["meta"]["rule"]: e for e in expectations}
-        for vr in result.run_results.values():
-            for r in vr.results:
-                rule = r.expectation_config.meta["rule"]
-                exc = r.exception_info or {}
-                if exc.get("raised_exception"):
-                    raise RuntimeError(f"GX could not evaluate rule {rule}: {exc.get('exception_message')}")
-                outcome.rules.append(
-                    RuleOutcome(
-                        rule,
-                        bool(r.success),
-                        r.result.get("unexpected_count"),
-                        by_rule[rule]["meta"]["reason"],
-                        r.result.get("observed_value"),
-                    )
-                )
-        return outcome
+    return checked.withColumn("row_failed", (F.size("failed_rules") > 0).cast("int"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,6 +158,9 @@ def _runs_row(spark, record: dict[str, Any]):
             T.StructField("suite_versions", T.MapType(T.StringType(), T.StringType())),
             T.StructField("bronze_version", T.LongType()),
             T.StructField("data_docs", T.StringType()),
+            T.StructField("landed_file", T.StringType()),
+            T.StructField("landed_checksum", T.StringType()),
+            T.StructField("set_aside", T.StringType()),  # where a rejected file was kept
         ]
     )
     return spark.createDataFrame([tuple(record[f.name] for f in schema.fields)], schema)
@@ -295,68 +177,82 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
         raise MissingUpstream(f"no landed raw file for {service} {month}: run `taxi ingest` for it first")
     bronze_version = lakehouse.current_version(spark, settings, lakehouse.BRONZE)
     bronze = lakehouse.read_partition(spark, settings, lakehouse.BRONZE, service, month)
+    check_bronze_source(bronze, landed, service, month)
     file_suite, row_suite = Suite.load(service, "file"), Suite.load(service, "rows")
-    gx_runner = GxRunner(settings)
-    run_name = f"{service}-{month}-{run_id}"
+    # The GX project (its config, stores and Data Docs) is shared by every validation of this lakehouse: one at a
+    # time, so green and yellow validated together cannot corrupt it.
+    with gx_lock(settings):
+        gx_runner = GxRunner(settings)
+        run_name = f"{service}-{month}-{run_id}"
 
-    with spark_progress(spark, log):
-        # File rules on the landed file as it is (CSV releases carry no types: their parsing is a row rule).
-        raw = raw_with_canonical_names(ingest.read_raw(spark, landed))
-        prev = previous_month_rows(spark, settings, service, month)
-        v = settings.validation
-        file_params = {
-            "min_rows": int(prev * v.min_rows_vs_previous) if prev else 1,
-            "max_rows": int(prev * v.max_rows_vs_previous) if prev else None,
-        }
-        skip = ("expect_column_values_to_be_in_type_list",) if landed.fmt == "csv" else ()
-        file_outcome = gx_runner.run(file_suite, raw, file_params, run_name, skip_types=skip)
-        log.info("file rules", passed=not file_outcome.failed, failed=[r.rule for r in file_outcome.failed])
-
-        checked = flag_failures(add_rule_columns(bronze), row_suite, row_params(settings, month)).cache()
-        try:
-            row_outcome = gx_runner.run(row_suite, checked, row_params(settings, month), run_name)
-            counts = _rule_counts(checked, row_suite)
-            for r in row_outcome.rules:
-                if r.unexpected_count is not None and r.unexpected_count != counts[r.rule]:
-                    raise RuntimeError(
-                        f"rule {r.rule}: GX counted {r.unexpected_count} failing rows, the quarantine predicate "
-                        f"{counts[r.rule]}: fix validate.failure_condition"
-                    )
-            total = counts.pop("_total")
-            failing = counts.pop("_failing")
-            failed_share = failing / total if total else 0.0
-
-            reasons = [f"{r.rule}: {r.reason} (observed {r.observed})" for r in file_outcome.failed]
-            if failed_share > v.max_failed_share:
-                worst = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
-                reasons.append(
-                    f"{failed_share:.1%} of rows fail the row rules (limit {v.max_failed_share:.0%}); most: "
-                    + ", ".join(f"{k}={n}" for k, n in worst)
-                )
-            verdict = "rejected" if reasons else "passed"
-            record = {
-                "run_id": run_id,
-                "service": service,
-                "month": month,
-                "started_at": started,
-                "duration_s": round(log.elapsed(), 2),
-                "verdict": verdict,
-                "reason": "; ".join(reasons) or None,
-                "rows_total": total,
-                "rows_valid": total - failing if verdict == "passed" else 0,
-                "rows_quarantined": failing if verdict == "passed" else 0,
-                "failed_share": round(failed_share, 6),
-                "rule_failures": counts,
-                "file_rules_failed": [r.rule for r in file_outcome.failed],
-                "suite_versions": {file_suite.name: file_suite.version, row_suite.name: row_suite.version},
-                "bronze_version": bronze_version,
-                "data_docs": str(gx_runner.docs_index),
+        with spark_progress(spark, log):
+            # File rules on the landed file as it is (CSV releases carry no types: their parsing is a row rule).
+            raw = raw_with_canonical_names(ingest.read_raw(spark, landed))
+            prev = previous_month_rows(spark, settings, service, month)
+            v = settings.validation
+            file_params = {
+                "min_rows": int(prev * v.min_rows_vs_previous) if prev else 1,
+                "max_rows": int(prev * v.max_rows_vs_previous) if prev else None,
             }
-            if verdict == "passed":
-                _write_outputs(checked, row_suite, settings, run_id, service, month)
-        finally:
-            checked.unpersist()
-    lakehouse.append(_runs_row(spark, record), settings, lakehouse.VALIDATION_RUNS, run_id)
+            skip = ("expect_column_values_to_be_in_type_list",) if landed.fmt == "csv" else ()
+            file_outcome = gx_runner.run(file_suite, raw, file_params, run_name, skip_types=skip)
+            log.info("file rules", passed=not file_outcome.failed, failed=[r.rule for r in file_outcome.failed])
+
+            checked = flag_failures(add_rule_columns(bronze), row_suite, row_params(settings, month)).cache()
+            try:
+                row_outcome = gx_runner.run(row_suite, with_row_failed(checked), row_params(settings, month), run_name,
+                                            max_failed_share=v.max_failed_share)  # fmt: skip
+                counts = _rule_counts(checked, row_suite)
+                for r in row_outcome.rules:
+                    if r.unexpected_count is not None and r.unexpected_count != counts[r.rule]:
+                        raise RuntimeError(
+                            f"rule {r.rule}: GX counted {r.unexpected_count} failing rows, the quarantine predicate "
+                            f"{counts[r.rule]}: fix validate.failure_condition"
+                        )
+                total = counts.pop("_total")
+                failing = counts.pop("_failing")
+                failed_share = failing / total if total else 0.0
+
+                reasons = [f"{r.rule}: {r.reason} (observed {r.observed})" for r in file_outcome.failed]
+                if failed_share > v.max_failed_share:
+                    worst = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+                    reasons.append(
+                        f"{failed_share:.1%} of rows fail the row rules (limit {v.max_failed_share:.0%}); most: "
+                        + ", ".join(f"{k}={n}" for k, n in worst)
+                    )
+                verdict = "rejected" if reasons else "passed"
+                record = {
+                    "run_id": run_id,
+                    "service": service,
+                    "month": month,
+                    "started_at": started,
+                    "duration_s": round(log.elapsed(), 2),
+                    "verdict": verdict,
+                    "reason": "; ".join(reasons) or None,
+                    "rows_total": total,
+                    "rows_valid": total - failing if verdict == "passed" else 0,
+                    "rows_quarantined": failing if verdict == "passed" else 0,
+                    "failed_share": round(failed_share, 6),
+                    "rule_failures": counts,
+                    "file_rules_failed": [r.rule for r in file_outcome.failed],
+                    "suite_versions": {file_suite.name: file_suite.version, row_suite.name: row_suite.version},
+                    "bronze_version": bronze_version,
+                    "data_docs": str(gx_runner.docs_index),
+                    "landed_file": Path(landed.path).name,
+                    "landed_checksum": landed.checksum,
+                    "set_aside": None,
+                }
+                if verdict == "passed":
+                    _write_outputs(checked, row_suite, settings, run_id, service, month)
+            finally:
+                checked.unpersist()
+        if verdict == "passed":
+            ingest.mark_accepted(settings, service, month, landed, bronze_version)
+        else:
+            record["set_aside"] = str(undo_landing(spark, settings, service, month, landed, run_id, record["reason"]))
+            log.info("rejected file set aside", file=record["set_aside"])
+        lakehouse.append(_runs_row(spark, record), settings, lakehouse.VALIDATION_RUNS, run_id, merge_schema=True)
+        overview = write_overview(spark, settings, gx_runner)
     log.info(
         "done",
         verdict=verdict,
@@ -365,12 +261,44 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
         quarantined=record["rows_quarantined"],
         failed_share=round(failed_share, 4),
         data_docs=gx_runner.docs_index,
+        overview=overview,
         duration_s=round(log.elapsed(), 1),
     )
     if verdict == "rejected":
         raise MonthRejected(f"{service} {month} rejected: {record['reason']}")
     keys = ("verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share", "data_docs", "run_id")
-    return {k: record[k] for k in keys}
+    return {**{k: record[k] for k in keys}, "overview": str(overview)}
+
+
+def check_bronze_source(bronze, landed, service: str, month: str) -> None:
+    """The bronze rows must come from the landed file (an interrupted landing or restore would mix two files)."""
+    sources = {r.source_checksum for r in bronze.select("source_checksum").distinct().collect()}
+    if sources != {landed.checksum}:
+        raise MissingUpstream(
+            f"{service} {month}: the bronze rows come from file checksum(s) {sorted(s[:12] for s in sources)}, the "
+            f"landed file {Path(landed.path).name} is {landed.checksum[:12]}: rerun `taxi ingest --service {service} "
+            f"--month {month}`"
+        )
+
+
+def undo_landing(spark, settings: Settings, service: str, month: str, landed, run_id: str, reason: str) -> Path:
+    """A rejected file costs nothing: bronze gets back the rows of the last accepted file (none if there is none),
+    the raw zone gets the accepted file back, and the rejected file is kept aside with its reason. Bronze first:
+    if the job dies between the two steps, the checksum check above makes the next validation say so."""
+    accepted = ingest.accepted_landing(settings, service, month)
+    where = lakehouse.partition_predicate(service, month)
+    if accepted is None:
+        restored = lakehouse.read(spark, settings, lakehouse.BRONZE).where("false")
+    else:
+        restored = lakehouse.read(spark, settings, lakehouse.BRONZE, accepted[1]).where(where)
+    lakehouse.replace_partition(restored, settings, lakehouse.BRONZE, run_id, service, month)
+    return ingest.set_aside_rejected(settings, service, month, landed, run_id, reason)
+
+
+def write_overview(spark, settings: Settings, gx_runner: GxRunner) -> Path:
+    """Refresh the validation overview page from every recorded run."""
+    runs = [r.asDict(recursive=True) for r in lakehouse.read(spark, settings, lakehouse.VALIDATION_RUNS).collect()]
+    return validation_overview.write(runs, gx_runner.overview_page, gx_runner.docs_index.parent)
 
 
 def _rule_counts(checked, suite: Suite) -> dict[str, int]:

@@ -85,7 +85,8 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
     spark_tasks = [t for t in dag.tasks if hasattr(t, "application")]
     assert [t.task_id for t in spark_tasks] == ["ingest", "validate", "features", "score"]
     for t in spark_tasks:
-        assert t.retries == 2 and t.retry_exponential_backoff and t.execution_timeout == timedelta(hours=1)
+        assert t.retries == (0 if t.task_id == "validate" else 2)  # a rejected month is final, not retried
+        assert t.retry_exponential_backoff and t.execution_timeout == timedelta(hours=1)
         assert t._conn_id == "spark_default" and t.application.endswith("jobs/entrypoint.py")
         assert t.pool == "taxi_spark"  # a backfill queues for the pool instead of starting more Spark drivers
     # The run created on 2023-04-01 (when March ended) processes March, in every task.

@@ -150,11 +150,15 @@ def _bad_files(tmp_path):
         "missing": (tmp_path / "nope.parquet", "source file not found"),
         "outside-roots": ("/etc/hostname", "outside the allowed roots"),
         "wrong-month": (good, "looks like another month's file"),
-    }
+        # A yellow file landed as green: refused at once, naming the columns that gave it away.
+        "wrong-service": (DATA / "yellow" / "yellow_tripdata_2019-03.parquet",
+                          "is a yellow taxi file, not green: column(s) tpep_pickup_datetime, tpep_dropoff_datetime"),
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "case", ["truncated", "empty", "non-tlc-csv", "other-format", "missing", "outside-roots", "wrong-month"]
+    "case",
+    ["truncated", "empty", "non-tlc-csv", "other-format", "missing", "outside-roots", "wrong-month", "wrong-service"],
 )
 def test_bad_input_fails_clearly_and_changes_nothing(lake, cli_lakehouse, tmp_path, capsys, case):
     cli_lakehouse(lake)

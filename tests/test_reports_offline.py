@@ -51,6 +51,42 @@ def test_a_page_is_pointed_at_the_local_copies_and_an_unknown_cdn_link_is_an_err
         offline.make_offline(site)
 
 
+def _run(service, month, started, verdict="passed", failures=None, total=1000):
+    failures = failures or {}
+    failing = sum(failures.values())
+    return {"run_id": f"r-{service}-{month}-{started}", "service": service, "month": month, "started_at": started,
+            "verdict": verdict, "reason": None if verdict == "passed" else "columns_present: missing fare_amount",
+            "rows_total": total, "rows_valid": total - failing if verdict == "passed" else 0,
+            "rows_quarantined": failing if verdict == "passed" else 0, "failed_share": failing / total,
+            "rule_failures": failures}  # fmt: skip
+
+
+def test_the_overview_puts_months_side_by_side_with_rule_changes_and_links(tmp_path):
+    from jobs.reports import validation_overview
+
+    runs = [
+        _run("green", "2023-01", 1, failures={"duration_max": 5, "pickup_in_month": 2}),
+        _run("green", "2023-02", 2, verdict="rejected", failures={"duration_max": 400}),
+        _run("green", "2023-02", 3, failures={"duration_max": 9}),  # re-landed: the latest run counts
+        _run("yellow", "2019-03", 1, failures={"pickup_in_month": 4}),
+    ]
+    rows = validation_overview.latest_runs(runs)
+    assert [(r["service"], r["month"], r["started_at"]) for r in rows] == [
+        ("green", "2023-01", 1), ("green", "2023-02", 3), ("yellow", "2019-03", 1)]  # fmt: skip
+    changes = validation_overview.rule_changes(rows)
+    assert changes[("green", "2023-02")] == {"duration_max": (9, 4), "pickup_in_month": (0, -2)}
+    assert changes[("green", "2023-01")]["duration_max"] == (5, None)  # no previous month
+    site = tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site"
+    docs = site / "validations" / "green_rows" / "green-2023-02-r-green-2023-02-3" / "t" / "spark-green_rows.html"
+    docs.parent.mkdir(parents=True)
+    docs.write_text("<html></html>")
+    page = validation_overview.write(runs, tmp_path / "index.html", site)
+    text = page.read_text()
+    assert "href='gx/uncommitted/data_docs/local_site/validations/green_rows/green-2023-02-r-green-2023-02-3/" in text
+    assert text.count("<tr class='passed'>") == 3 and "(+4)" in text and "<img alt='yellow trend'" in text
+    assert offline.remote_loads(text) == []
+
+
 @pytest.mark.slow
 def test_every_report_renders_offline_in_chromium(golden, tmp_path):
     """Data Docs index (its table exists only if bootstrap-table ran), a validation-result page and the drift report
@@ -64,9 +100,11 @@ def test_every_report_renders_offline_in_chromium(golden, tmp_path):
     assert "Times" not in index["body_font"] and "apple-system" in index["body_font"], index["body_font"]
     result = chromium_probe(next((site / "validations" / "green_rows").rglob("*.html")), tmp_path)
     assert result["tables"] > 1 and "apple-system" in result["body_font"] and "Expectation" in result["text"]
+    overview = chromium_probe(reports / "validation" / "index.html", tmp_path)
+    assert overview["tables"] == 1 and "2023-02" in overview["text"] and "passed" in overview["text"]
     drift = chromium_probe(next((reports / "drift" / "green").glob("*.html")), tmp_path)
     assert drift["tables"] > 1 and "PSI" in drift["text"]
-    for probe in (index, result, drift):
+    for probe in (index, result, overview, drift):
         assert probe["remote"] == [], probe["remote"]
     leftovers = {str(p): offline.remote_loads(p.read_text(errors="ignore"))
                  for p in [*reports.rglob("*.html"), *reports.rglob("*.css")]}  # fmt: skip

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,9 +16,9 @@ from deltalake import DeltaTable
 
 from jobs import ingest, lakehouse, validate
 from jobs.cli import main
-from jobs.errors import MonthRejected
+from jobs.errors import MissingUpstream, MonthRejected
 
-from .conftest import DATA, GOLDEN_GREEN, table_version
+from .conftest import DATA, GOLDEN_GREEN, job_env, table_checksum, table_version, taxi_bin
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
@@ -61,6 +66,27 @@ def _last_run(settings, service, month) -> dict:
     runs = DeltaTable(lakehouse.VALIDATION_RUNS.path(settings)).to_pandas()
     runs = runs[(runs.service == service) & (runs.month == month)].sort_values("started_at")
     return runs.iloc[-1].to_dict()
+
+
+def _gx_status(settings, run: dict) -> dict[str, bool]:
+    """{suite: success} of the GX validation results a `taxi validate` run stored (the Data Docs' source)."""
+    store = settings.reports_dir / "validation" / "gx" / "uncommitted" / "validations"
+    results = store.glob(f"*/{run['service']}-{run['month']}-{run['run_id']}/*/*.json")
+    return {json.loads(p.read_text())["suite_name"]: json.loads(p.read_text())["success"] for p in results}
+
+
+def test_data_docs_and_validation_runs_give_one_verdict_per_month(golden):
+    """An accepted month's Data Docs say Succeeded (row rules hold for `mostly` of the rows, the month rule bounds
+    the failing share), not "Failed" next to a `passed` verdict."""
+    runs = DeltaTable(lakehouse.VALIDATION_RUNS.path(golden.settings)).to_pandas()
+    assert len(runs) >= 4
+    for run in runs.to_dict("records"):
+        status = _gx_status(golden.settings, run)
+        assert set(status) == {f"{run['service']}_file", f"{run['service']}_rows"}, run["run_id"]
+        assert all(status.values()) == (run["verdict"] == "passed"), (run["month"], run["verdict"], status)
+    # green 2023-02 has failing rows (quarantined), yet the month passes: both say so
+    feb = runs[runs.month == "2023-02"].iloc[-1]
+    assert feb["rows_quarantined"] > 0 and feb["verdict"] == "passed"
 
 
 def _count(settings, table, service, month) -> int:
@@ -147,20 +173,90 @@ def test_broken_schema_rejects_the_whole_month(spark, lake, cli_lakehouse, tmp_p
     assert {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)} == versions
     run = _last_run(lake, "green", "2023-02")
     assert run["verdict"] == "rejected" and rule in list(run["file_rules_failed"])
+    assert _gx_status(lake, run)["green_file"] is False  # the Data Docs say the same
 
 
-def test_too_many_failing_rows_reject_the_month(spark, lake, tmp_path):
+def _raw_zone(settings, service: str, month: str) -> dict[str, str]:
+    """{file: sha256} of the month's landed files (the accepted copy included)."""
+    root = settings.raw_dir / service / month
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def test_a_rejected_relanding_costs_nothing(spark, lake, tmp_path):
+    """Re-landing green 2023-02 with a file that fails validation leaves every table's rows and the raw zone byte for
+    byte as they were; the rejected file is kept aside with its checksum and the rule that rejected it."""
+
     def bad_distances(t):
         d = t["trip_distance"].to_numpy().copy()
         d[: len(d) // 5] = 500.0  # 20% of rows over the 100-mile limit
         return t.set_column(t.column_names.index("trip_distance"), "trip_distance", pa.array(d))
 
-    ingest.run(spark, lake, "green", "2023-02", str(_mutated(tmp_path, bad_distances)))
-    versions = {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)}
+    tables = (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES)
+    before = {t.key: table_checksum(t.path(lake), "green", "2023-02") for t in tables}
+    raw_before = _raw_zone(lake, "green", "2023-02")
+    assert "_accepted/green_tripdata_2023-02.parquet" in raw_before  # validation kept the accepted file
+
+    bad = _mutated(tmp_path, bad_distances)
+    ingest.run(spark, lake, "green", "2023-02", str(bad))
+    assert table_checksum(lakehouse.BRONZE.path(lake), "green", "2023-02") != before["bronze_trips"]  # landed, for now
     with pytest.raises(MonthRejected, match=r"of rows fail the row rules .*trip_distance_range="):
         validate.run(spark, lake, "green", "2023-02")
-    assert {t.key: table_version(lake, t) for t in (lakehouse.TRIPS, lakehouse.QUARANTINE)} == versions
-    assert _last_run(lake, "green", "2023-02")["verdict"] == "rejected"
+
+    assert {t.key: table_checksum(t.path(lake), "green", "2023-02") for t in tables} == before
+    assert _raw_zone(lake, "green", "2023-02") == raw_before
+    run = _last_run(lake, "green", "2023-02")
+    assert run["verdict"] == "rejected" and _gx_status(lake, run) == {"green_file": True, "green_rows": False}
+    kept = Path(run["set_aside"])
+    assert kept.parent.parent == lake.raw_dir / "_rejected" / "green" / "2023-02"
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == run["landed_checksum"] == hashlib.sha256(
+        bad.read_bytes()).hexdigest()  # fmt: skip
+    assert "trip_distance_range" in json.loads((kept.parent / "_rejected.json").read_text())["reason"]
+    # The accepted data is back, and validates as before.
+    assert validate.run(spark, lake, "green", "2023-02")["verdict"] == "passed"
+
+
+@pytest.mark.slow
+def test_green_and_yellow_validated_at_once_in_two_processes(spark, lake, tmp_path):
+    """Two `taxi validate` processes on one lakehouse (as the two monthly DAGs run them): both succeed, the shared GX
+    project stays readable, and both months have their Data Docs page and their overview row."""
+    ingest.run(spark, lake, "yellow", "2019-03")
+    months = (("green", "2023-02"), ("yellow", "2019-03"))
+    logs = [(tmp_path / f"{svc}.out", tmp_path / f"{svc}.err") for svc, _ in months]
+    procs = [
+        subprocess.Popen(
+            [taxi_bin(), "validate", "--service", svc, "--month", m],
+            env=job_env(lake.lakehouse),
+            stdout=out.open("w"),
+            stderr=err.open("w"),
+        )  # fmt: skip
+        for (svc, m), (out, err) in zip(months, logs, strict=True)
+    ]
+    results = [
+        (p.wait(timeout=900), out.read_text(), err.read_text()) for p, (out, err) in zip(procs, logs, strict=True)
+    ]
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    site = lake.reports_dir / "validation" / "gx" / "uncommitted" / "data_docs" / "local_site"
+    for (svc, m), (_, out, _) in zip(months, results, strict=True):
+        run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+        assert list((site / "validations" / f"{svc}_rows").glob(f"{svc}-{m}-{run_id}/*/*.html")), (svc, m)
+        assert run_id in (site / "index.html").read_text()
+    overview = (lake.reports_dir / "validation" / "index.html").read_text()
+    assert ">2023-02</a>" in overview and ">2019-03</a>" in overview
+    import great_expectations as gx
+
+    context = gx.get_context(mode="file", project_root_dir=str(lake.reports_dir / "validation"))
+    assert {"green_rows", "yellow_rows"} <= {s.name for s in context.suites.all()}
+
+
+def test_bronze_rows_from_another_file_than_the_landed_one_are_refused(spark, lake):
+    """An interrupted landing or restore leaves bronze and the raw zone on different files: validation says so."""
+    manifest = lake.raw_dir / "green" / "2023-02" / "_landing.json"
+    landing = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**landing, "checksum": "0" * 64}))
+    with pytest.raises(MissingUpstream, match=r"green 2023-02: the bronze rows come from file checksum"):
+        validate.run(spark, lake, "green", "2023-02")
 
 
 @pytest.mark.spark

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import Any
 
 from ..features import BOROUGHS
+from ..reports.figures import png_base64
 from .stats import MISSING, OTHER, BinSpec, proportions
 
 ZONE_FEATURES = ("PULocationID", "DOLocationID")
@@ -48,15 +47,6 @@ def bin_labels(spec: BinSpec, zones: dict[int, str]) -> list[str]:
     return names
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _histogram(spec: BinSpec, names: list[str], ref: dict[int, int], cur: dict[int, int], title: str, week: str):
     import matplotlib.pyplot as plt
 
@@ -76,7 +66,7 @@ def _histogram(spec: BinSpec, names: list[str], ref: dict[int, int], cur: dict[i
     ax.set_ylabel("share of trips")
     ax.set_title(title)
     ax.legend()
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _accuracy_plots(residuals: list[dict[str, Any]], scatter, perf_history, rmse_limit: float) -> list[str]:
@@ -90,13 +80,13 @@ def _accuracy_plots(residuals: list[dict[str, Any]], scatter, perf_history, rmse
         ax.axhline(0, color="black", lw=0.8)
         ax.set(xlabel="hour of week (0 = Monday 00:00)", ylabel="mean residual, minutes",
                title="Residuals (predicted - actual) by hour of week")  # fmt: skip
-        images.append(_png(fig))
+        images.append(png_base64(fig))
     if scatter is not None and len(scatter):
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.scatter(scatter["actual"], scatter["predicted"], s=3, alpha=0.3)
         ax.plot([0, 60], [0, 60], color="red", lw=1)
         ax.set(xlabel="actual minutes", ylabel="predicted minutes", title="Predicted vs actual")
-        images.append(_png(fig))
+        images.append(png_base64(fig))
     if perf_history:
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.plot([w for w, _ in perf_history], [v for _, v in perf_history], marker="o", label="week RMSE")
@@ -104,7 +94,7 @@ def _accuracy_plots(residuals: list[dict[str, Any]], scatter, perf_history, rmse
         ax.set_title("RMSE (minutes) over weeks")
         ax.tick_params(axis="x", rotation=45)
         ax.legend()
-        images.append(_png(fig))
+        images.append(png_base64(fig))
     return images
 
 
