@@ -263,6 +263,7 @@ def mark_accepted(settings: Settings, service: str, month: str, landed: LandedFi
     except OSError:
         shutil.copy2(src, staging / src.name)
     (staging / "_landing.json").write_text(json.dumps({**asdict(landed), "bronze_version": bronze_version}, indent=1))
+    shutil.copy2(src.parent / "_landing.json", staging / "_landing.month.json")  # put back verbatim on a restore
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
 
@@ -287,8 +288,7 @@ def set_aside_rejected(settings: Settings, service: str, month: str, landed: Lan
         name = Path(landed_back.path).name
         shutil.copy2(month_dir / ACCEPTED / name, month_dir / name)
         (month_dir / f"{name}.sha256").write_text(f"{landed_back.checksum}  {name}\n")
-        (month_dir / "_landing.json").write_text(json.dumps({**asdict(landed_back), "path": str(month_dir / name)},
-                                                            indent=1))  # fmt: skip
+        shutil.copy2(month_dir / ACCEPTED / "_landing.month.json", month_dir / "_landing.json")
     return aside / src.name
 
 
