@@ -185,6 +185,21 @@ def cmd_sql(settings, args):
     return _with_spark(settings, args, go)
 
 
+def cmd_sql_server(settings, args):
+    from . import sql_server
+
+    host = args.host or settings.sql_server.host
+    port = args.port or settings.sql_server.port
+    if args.action == "serve":
+        sql_server.serve(settings, host, port)
+        return None
+    if args.action == "start":
+        return sql_server.start(settings, host, port, settings.sql_server.start_timeout_s)
+    if args.action == "stop":
+        return sql_server.stop(port)
+    return sql_server.status(host, port)
+
+
 def cmd_synth(settings, args):
     from . import synth
 
@@ -353,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?", help="SQL to run; without it, list the registered tables")
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser(
+        "sql-server",
+        help="the SQL endpoint for BI tools: Spark's Thrift server (HiveServer2, JDBC/ODBC) over taxi.<name> views",
+        description="start: launch the server through spark-submit in the background (views of every lakehouse "
+        "table as taxi.<name>, refreshed at each start) and wait until it listens; stop; status; serve: the server "
+        "in the foreground (what start runs). Binds to sql_server.host (127.0.0.1); any other address needs "
+        "sql_server.authentication LDAP or CUSTOM.",
+    )
+    p.add_argument("action", choices=["start", "stop", "status", "serve"])
+    p.add_argument("--port", type=int, help="port (default: sql_server.port, 10000)")
+    p.add_argument("--host", help="address to bind (default: sql_server.host, 127.0.0.1)")
+    p.set_defaults(func=cmd_sql_server)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the shipped sample months")
     p.set_defaults(func=cmd_demo)

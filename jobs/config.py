@@ -156,6 +156,16 @@ class AirflowConfig(_Section):
     publication_timeout_days: int = Field(90, ge=1)  # after the month ends; then the run fails, naming the source
 
 
+class SqlServerConfig(_Section):
+    """`taxi sql-server`: Spark's Thrift server (HiveServer2 protocol) for BI tools."""
+
+    host: str = "127.0.0.1"  # any other address is refused unless authentication is LDAP or CUSTOM
+    port: int = Field(10000, ge=1, le=65535)
+    authentication: Literal["NONE", "LDAP", "CUSTOM"] = "NONE"
+    hive_conf: dict[str, str] = Field(default_factory=dict)  # more hive.server2.* settings: TLS, LDAP URL ...
+    start_timeout_s: int = Field(180, gt=0)
+
+
 class Settings(_Section):
     lakehouse: Path
     data: DataConfig
@@ -169,6 +179,7 @@ class Settings(_Section):
     score: ScoreConfig = ScoreConfig()
     monitor: MonitorConfig = MonitorConfig()
     airflow: AirflowConfig = AirflowConfig()
+    sql_server: SqlServerConfig = SqlServerConfig()
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:

@@ -1,4 +1,6 @@
-"""Orchestration: the DAGs parse light and are wired as documented; a real `airflow dags test` run."""
+"""Orchestration: the DAGs parse light and are wired as documented; a real `airflow dags test` of monitoring on an
+empty lakehouse. The monthly DAG runs for real in test_cluster.py (`dags test` on a Spark cluster) and in
+test_airflow_scheduler.py (under the scheduler: live calendar and backfill)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from jobs import lakehouse
-
-from .conftest import ROOT, airflow_cli, airflow_env, airflow_init, airflow_task_states, table_checksum
+from .conftest import ROOT, airflow_cli, airflow_env, airflow_init, airflow_task_states
 
 DEFAULT_TIER = "unit"  # tests without a tier marker of their own
 DAGS = ROOT / "dags"
@@ -132,42 +132,14 @@ def test_only_a_new_month_outside_a_backfill_starts_a_training():
     assert "backfill" in announce_skip_reason("green", "2024-01", "backfill", ["2023-02"])
 
 
-@pytest.mark.integration  # no Spark, but a real metadata database to migrate (about 25 s)
-def test_airflow_init_creates_the_spark_pool_with_the_configured_slots(tmp_path):
+@pytest.mark.slow
+def test_a_new_deployment_gets_its_spark_pool_and_monitors_an_empty_lakehouse_with_nothing_to_do(tmp_path):
+    """`taxi airflow-init` creates the Spark pool with the configured slots. Nothing scored and no champion yet: the
+    monitoring DAG says so and ends green, it does not fail or retry."""
     env = {**airflow_env(tmp_path, tmp_path / "lakehouse"), "TAXI__AIRFLOW__SPARK_POOL_SLOTS": "3"}
     assert json.loads(airflow_init(env))["slots"] == 3
     pools = json.loads(airflow_cli(env, "pools", "get", "taxi_spark", "--output", "json").stdout)
     assert [(p["pool"], int(p["slots"])) for p in pools] == [("taxi_spark", 3)]
-
-
-@pytest.mark.slow
-def test_airflow_dags_test_runs_the_monthly_pipeline_and_matches_the_jobs_by_hand(golden, tmp_path):
-    """`airflow dags test` runs ingest -> validate -> features -> score via spark-submit into its own lakehouse;
-    bronze, validated and quarantined rows equal those the same jobs wrote when run by hand (golden lakehouse)."""
-    dag_lakehouse = tmp_path / "lakehouse"
-    env = airflow_env(tmp_path, dag_lakehouse)
-    airflow_init(env)
-    # A manual run at 2023-03-01 stands for the month that just ended there: 2023-02.
-    run = airflow_cli(env, "dags", "test", "taxi_monthly_green", "2023-03-01", timeout=900, check=False)
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    states = airflow_task_states(env, "taxi_monthly_green")
-    assert set(states.values()) == {"success"} and len(states) == 6, states  # the file was there: no wait
-    for command in ("ingest", "validate", "features", "score"):
-        assert f'{{"command": "{command}"' in log
-    for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE):
-        by_dag = table_checksum(str(dag_lakehouse / table.relpath), "green", "2023-02")
-        by_hand = table_checksum(table.path(golden.settings), "green", "2023-02")
-        assert by_dag == by_hand, table.relpath
-    assert (dag_lakehouse / lakehouse.FEATURES.relpath / "_delta_log").is_dir()
-    assert '"skipped": true' in log  # no model in the DAG's new registry: scoring says so and succeeds
-
-
-@pytest.mark.slow
-def test_monitoring_on_an_empty_lakehouse_succeeds_with_nothing_to_do(tmp_path):
-    """Nothing scored and no champion yet: the monitoring DAG says so and ends green, it does not fail or retry."""
-    env = airflow_env(tmp_path, tmp_path / "lakehouse")
-    airflow_init(env)
     run = airflow_cli(env, "dags", "test", "taxi_monitoring_green", "2023-03-13", timeout=600, check=False)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]

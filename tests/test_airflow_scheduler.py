@@ -1,11 +1,11 @@
 """Real Airflow 3 under its scheduler: `airflow standalone` (API server, scheduler, dag-processor, triggerer) on
-loopback.
+loopback, in one scenario (each Spark task is a spark-submit of its own, so every month costs minutes on 2 cores):
 
-- A backfill over two shipped yellow months; a second backfill reprocesses the newest, completed month and changes no
-  table's row count.
-- The live calendar: a loopback HTTP server serves TLC-named green files for 2023-01 and 2023-02; the scheduler's own
-  runs process them, the run for 2023-03 waits in its sensor until the file appears, then completes; each new month
-  updates the features asset (training's trigger) once, and a rerun of an old month does not."""
+- the live calendar: a loopback HTTP server serves a TLC-named green file for 2023-01; the scheduler's own catch-up
+  run processes it, the run for 2023-02 waits in its sensor until the file appears, then completes by itself; each
+  new month updates the features asset (training's trigger) once;
+- a backfill (`airflow backfill create`, the README's command) reprocessing the completed January: every task reruns,
+  no table's row count or content moves, and a backfill announces nothing."""
 
 from __future__ import annotations
 
@@ -22,15 +22,11 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from jobs import lakehouse
 
 from .conftest import ROOT, airflow_cli, airflow_db, airflow_env, airflow_init, table_checksum, wait_until
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
-DAG_ID = "taxi_monthly_yellow"
-MONTHS = ("2019-03", "2019-04")
 RUNS_TIMEOUT_S = 1500
 POLL_S = 3  # how often the test asks Airflow for the runs' states
 TABLES = (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES)
@@ -46,28 +42,16 @@ def _airflow(env, *args) -> str:
     return airflow_cli(env, *args).stdout
 
 
-def _runs(env, dag_id: str = DAG_ID) -> dict[str, tuple[str, str]]:
+def _runs(env, dag_id: str) -> dict[str, tuple[str, str]]:
     """{run_id: (logical month, state)} of every run of the DAG."""
     rows = airflow_db(env, "select run_id, logical_date, state from dag_run where dag_id = ?", dag_id)
     return {run_id: (str(logical)[:7], state) for run_id, logical, state in rows}
-
-
-def _finished(env, runs: int = len(MONTHS)) -> bool:
-    """Every run ended and the scheduler closed the backfill: it marks a backfill complete on a later loop than its
-    last run's end, and a new backfill of the same DAG is refused until then."""
-    states = [state for _, state in _runs(env).values()]
-    open_backfills = airflow_db(env, "select id from backfill where dag_id = ? and completed_at is null", DAG_ID)
-    return len(states) == runs and all(s in ("success", "failed") for s in states) and not open_backfills
 
 
 def _delta_version(path: Path) -> int:
     from deltalake import DeltaTable
 
     return DeltaTable(str(path)).version()
-
-
-def _counts(lake: Path) -> dict[str, int]:
-    return {f"{t.relpath} {m}": table_checksum(str(lake / t.relpath), "yellow", m)[0] for t in TABLES for m in MONTHS}
 
 
 @contextlib.contextmanager
@@ -109,45 +93,6 @@ def _standalone(tmp_path: Path, dag_id: str, **extra_env: str):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-
-
-@pytest.fixture()
-def airflow_stack(tmp_path):
-    """The monthly yellow DAG bounded to the two months, history only: unpausing it schedules nothing but what the
-    backfill asks for."""
-    bounds = {"TAXI__AIRFLOW__START_DATE": f"{MONTHS[0]}-01", "TAXI__AIRFLOW__END_DATE": f"{MONTHS[-1]}-01",
-              "TAXI__AIRFLOW__CATCHUP": "false"}  # fmt: skip
-    with _standalone(tmp_path, DAG_ID, **bounds) as stack:
-        yield stack
-
-
-def test_backfill_over_two_months_completes_and_reprocessing_one_changes_no_row_count(airflow_stack):
-    env, lake = airflow_stack
-    _airflow(env, "dags", "unpause", DAG_ID)
-    window = ("--dag-id", DAG_ID, "--from-date", f"{MONTHS[0]}-01", "--to-date", f"{MONTHS[-1]}-01")
-    # `features` depends on the past, and Airflow then asks what to do with months that already ran.
-    _airflow(env, "backfill", "create", *window, "--reprocess-behavior", "failed")
-    wait_until("both backfill runs finished", lambda: _finished(env), RUNS_TIMEOUT_S, POLL_S)
-    runs = _runs(env)
-    assert sorted(runs.values()) == [(m, "success") for m in MONTHS], runs
-    assert all(run_id.startswith("backfill__") for run_id in runs)  # the unpaused DAG scheduled nothing itself
-    first = _counts(lake)
-    assert all(n > 0 for k, n in first.items() if not k.startswith("quarantine")), first
-    for m in MONTHS:
-        assert first[f"silver/trips {m}"] + first[f"quarantine/trips {m}"] == first[f"bronze/trips {m}"]
-
-    # A second backfill over the newest month, reprocessing a completed run: every task reruns, no row count moves.
-    features_before = _delta_version(lake / lakehouse.FEATURES.relpath)
-    newest = ("--dag-id", DAG_ID, "--from-date", f"{MONTHS[-1]}-01", "--to-date", f"{MONTHS[-1]}-01")
-    _airflow(env, "backfill", "create", *newest, "--reprocess-behavior", "completed")
-    wait_until(
-        "second backfill rewrote the month and finished",
-        lambda: _delta_version(lake / lakehouse.FEATURES.relpath) > features_before and _finished(env),
-        RUNS_TIMEOUT_S,
-        POLL_S,
-    )
-    assert sorted(_runs(env).values()) == [(m, "success") for m in MONTHS]
-    assert _counts(lake) == first
 
 
 # ---- the live calendar ------------------------------------------------------------------------------------------
@@ -196,18 +141,22 @@ def _announced(env) -> list[str]:
     return [json.loads(extra or "{}").get("month") for (extra,) in rows]
 
 
-def test_live_calendar_runs_published_months_waits_for_the_next_and_trains_once_per_new_month(tmp_path):
+def _counts(lake: Path, month: str) -> dict[str, tuple[int, str]]:
+    """(rows, content checksum) of the month in every table the monthly DAG writes (no model: nothing scored)."""
+    return {t.relpath: table_checksum(str(lake / t.relpath), "green", month) for t in TABLES}
+
+
+def test_live_calendar_waits_for_the_next_month_trains_once_per_new_month_and_a_backfill_changes_nothing(tmp_path):
     shipped = ROOT / "data" / "tlc" / "green"
     site = tmp_path / "tlc-site"
     site.mkdir()
-    for month in ("2023-01", "2023-02"):
-        _tlc_file(shipped / f"green_tripdata_{month}.parquet", site / f"green_tripdata_{month}.parquet")
+    _tlc_file(shipped / "green_tripdata_2023-01.parquet", site / "green_tripdata_2023-01.parquet")
     (tmp_path / "no-samples").mkdir()
     with _file_server(site) as url:
         calendar = {
-            # The scheduler's own runs (catch-up), for the data intervals of January to March 2023.
+            # The scheduler's own runs (catch-up), for the data intervals of January and February 2023.
             "TAXI__AIRFLOW__START_DATE": "2023-01-01",
-            "TAXI__AIRFLOW__END_DATE": "2023-03-01",
+            "TAXI__AIRFLOW__END_DATE": "2023-02-01",
             "TAXI__AIRFLOW__CATCHUP": "true",
             "TAXI__AIRFLOW__PUBLICATION_POKE_S": "5",
             # The wait's deadline counts from the month's end on the real clock: 2023 months are years old today.
@@ -218,34 +167,46 @@ def test_live_calendar_runs_published_months_waits_for_the_next_and_trains_once_
         with _standalone(tmp_path, LIVE_DAG, **calendar) as (env, lake):
             _airflow(env, "dags", "unpause", LIVE_DAG)
 
-            def march_waits() -> bool:
+            def february_waits() -> bool:
                 runs = sorted(_runs(env, LIVE_DAG).values())
                 assert not any(state == "failed" for _, state in runs), runs
-                waiting = _task_states(env, "wait_for_publication").get("2023-03") == "up_for_reschedule"
-                return runs[:2] == [("2023-01", "success"), ("2023-02", "success")] and waiting
+                waiting = _task_states(env, "wait_for_publication").get("2023-02") == "up_for_reschedule"
+                return runs[:1] == [("2023-01", "success")] and waiting
 
-            wait_until("January and February done, March waiting for its file", march_waits, RUNS_TIMEOUT_S, POLL_S)
-            assert sorted(_runs(env, LIVE_DAG).values())[2] == ("2023-03", "running")
-            assert _task_states(env, "ingest").get("2023-03") is None  # nothing downstream started
-            assert _announced(env) == ["2023-01", "2023-02"]  # each new month once: two trainings' triggers
+            wait_until("January done, February waiting for its file", february_waits, RUNS_TIMEOUT_S, POLL_S)
+            assert sorted(_runs(env, LIVE_DAG).values())[1] == ("2023-02", "running")
+            assert _task_states(env, "ingest").get("2023-02") is None  # nothing downstream started
+            assert _announced(env) == ["2023-01"]  # the new month once: training's trigger
 
-            # The TLC publishes March: the same run goes on by itself.
-            _tlc_file(shipped / "green_tripdata_2023-02.parquet", site / "green_tripdata_2023-03.parquet", 28)
-            wait_until("the March run completed", lambda: _runs(env, LIVE_DAG) and sorted(
-                _runs(env, LIVE_DAG).values())[2] == ("2023-03", "success"), RUNS_TIMEOUT_S, POLL_S)  # fmt: skip
-            assert _announced(env) == ["2023-01", "2023-02", "2023-03"]
-            for month in ("2023-01", "2023-02", "2023-03"):
-                assert table_checksum(str(lake / lakehouse.FEATURES.relpath), "green", month)[0] > 0, month
+            # The TLC publishes February: the same run goes on by itself.
+            _tlc_file(shipped / "green_tripdata_2023-02.parquet", site / "green_tripdata_2023-02.parquet")
+            wait_until("the February run completed", lambda: sorted(_runs(env, LIVE_DAG).values()) == [
+                ("2023-01", "success"), ("2023-02", "success")], RUNS_TIMEOUT_S, POLL_S)  # fmt: skip
+            assert _announced(env) == ["2023-01", "2023-02"]
+            assert all(run_id.startswith("scheduled__") for run_id in _runs(env, LIVE_DAG))
+            january = _counts(lake, "2023-01")
+            assert january["bronze/trips"][0] == LIVE_ROWS, january
+            assert january["silver/trips"][0] + january["quarantine/trips"][0] == LIVE_ROWS, january
+            assert _counts(lake, "2023-02")["silver/features"][0] > 0
 
-            # A rerun of January's features (and what follows them) starts no training.
+            # A backfill reprocessing the completed January (the README's command): every task reruns and rewrites
+            # the month, no row or value changes, and a backfill starts no training.
             features_before = _delta_version(lake / lakehouse.FEATURES.relpath)
-            # The window brackets January's logical date by a day each side: on sqlite, Airflow compares dates as
-            # strings, and an exact bound misses the run.
-            _airflow(env, "tasks", "clear", LIVE_DAG, "-t", "features", "-s", "2022-12-31", "-e", "2023-01-02",
-                     "--downstream", "--yes")  # fmt: skip
-            wait_until("the January rerun finished", lambda: _delta_version(lake / lakehouse.FEATURES.relpath)
-                       > features_before and _task_states(env, "announce_new_month").get("2023-01") == "skipped"
-                       and _runs(env, LIVE_DAG) and sorted(_runs(env, LIVE_DAG).values())[0][1] == "success",
-                       RUNS_TIMEOUT_S, POLL_S)  # fmt: skip
-            assert _announced(env) == ["2023-01", "2023-02", "2023-03"]
+            _airflow(env, "backfill", "create", "--dag-id", LIVE_DAG, "--from-date", "2023-01-01", "--to-date",
+                     "2023-01-01", "--reprocess-behavior", "completed")  # fmt: skip
+
+            def backfill_finished() -> bool:
+                backfills = airflow_db(env, "select completed_at from backfill where dag_id = ?", LIVE_DAG)
+                return bool(backfills) and all(done is not None for (done,) in backfills)
+
+            wait_until("the backfill finished", backfill_finished, RUNS_TIMEOUT_S, POLL_S)
+            runs = _runs(env, LIVE_DAG)
+            assert sorted(runs.values()) == [("2023-01", "success"), ("2023-02", "success")], runs
+            reprocessed = airflow_db(env, "select run_type from dag_run where dag_id = ? and backfill_id is not null",
+                                     LIVE_DAG)  # fmt: skip
+            assert reprocessed == [("backfill",)], reprocessed  # January's run, cleared and rerun by the backfill
+            assert _delta_version(lake / lakehouse.FEATURES.relpath) > features_before  # the month was rewritten
+            assert _task_states(env, "announce_new_month")["2023-01"] == "skipped"
+            assert _announced(env) == ["2023-01", "2023-02"]
+            assert _counts(lake, "2023-01") == january
     shutil.rmtree(site)

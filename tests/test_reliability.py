@@ -21,7 +21,7 @@ from .conftest import DATA, job_env, partition_rows, table_checksum, table_versi
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
-KILL_ROWS = 1_000_000  # large enough that the write is still under way when the kill comes
+KILL_ROWS = 400_000  # enough that the write lasts seconds on local[1]: the kill lands while it is under way
 CSV_HEADER = (
     "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,RatecodeID,store_and_fwd_flag,"
     "PULocationID,DOLocationID,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,"

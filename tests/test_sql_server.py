@@ -1,0 +1,100 @@
+"""The SQL endpoint BI tools connect to: `taxi sql-server` (Spark's Thrift server) on loopback, queried over JDBC
+with beeline (the HiveServer2 client shipped in pyspark), the way Tableau, Superset or DBeaver would."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import pytest
+
+from jobs import lakehouse
+from jobs.cli import main
+from jobs.cluster import spark_home
+
+from .conftest import job_env, partition_rows, taxi_bin
+
+DEFAULT_TIER = "slow"  # tests without a tier marker of their own
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        return s.getsockname()[0]
+
+
+def _taxi(env, *args: str) -> dict:
+    out = subprocess.run([taxi_bin(), *args], env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _beeline(port: int, script: str, tmp_path) -> str:
+    """Run ``script`` over JDBC (csv2 output); the `!columns` command is the JDBC getColumns call BI tools use."""
+    path = tmp_path / "query.sql"
+    path.write_text(script)
+    out = subprocess.run(
+        [str(spark_home() / "bin" / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/taxi", "-n", "analyst",
+         "--outputformat=csv2", "--silent=true", "-f", str(path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdbc(golden, tmp_path):
+    port = _free_port()
+    env = job_env(golden.settings.lakehouse, TAXI__SPARK__MASTER="local[1]")
+    started = _taxi(env, "sql-server", "start", "--port", str(port))
+    try:
+        assert started["url"] == f"jdbc:hive2://127.0.0.1:{port}/taxi"
+        assert _taxi(env, "sql-server", "status", "--port", str(port))["listening"]
+        outward = _outward_address()
+        if outward and not outward.startswith("127."):
+            with socket.socket() as probe:  # bound to loopback only: not reachable on the machine's own address
+                probe.settimeout(2)
+                assert probe.connect_ex((outward, port)) != 0, outward
+        out = _beeline(port, "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
+                       "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n",
+                       tmp_path)  # fmt: skip
+    finally:
+        stopped = _taxi(env, "sql-server", "stop", "--port", str(port))
+    assert stopped["stopped"]
+    assert not _taxi(env, "sql-server", "status", "--port", str(port))["running"]
+
+    for table in lakehouse.ALL_TABLES:  # every table of the golden lakehouse, by its catalog name
+        assert f"{table.key}," in out or f",{table.key}," in out, (table.key, out[:2000])
+    # The JDBC column listing names every column of the predictions table with its type.
+    preds = partition_rows(golden.settings, lakehouse.PREDICTIONS, "green", "2023-02")
+    for column in ("trip_id", "predicted_duration_min", "model_version", "pickup_datetime"):
+        assert column in preds.columns
+        assert f",predictions,{column}," in out, (column, out[:3000])
+    # The numbers a dashboard shows are the table's.
+    row = next(line for line in out.splitlines() if line.startswith("2023-02,"))
+    _, n, mean = row.split(",")
+    assert int(n) == len(preds)
+    assert float(mean) == pytest.approx(preds["predicted_duration_min"].mean(), abs=1e-5)
+
+
+@pytest.mark.unit
+def test_a_server_on_another_address_than_loopback_needs_authentication(capsys):
+    assert main(["sql-server", "start", "--host", "0.0.0.0", "--port", str(_free_port())]) == 2
+    assert "refusing to listen on 0.0.0.0 without authentication" in capsys.readouterr().err
+    from jobs.config import load_settings
+    from jobs.sql_server import check_exposure
+
+    settings = load_settings()
+    check_exposure(settings, "127.0.0.1")  # loopback: no authentication needed
+    settings.sql_server.authentication = "LDAP"
+    check_exposure(settings, "0.0.0.0")  # exposed, with LDAP: allowed
