@@ -185,6 +185,16 @@ def cmd_sql(settings, args):
     return _with_spark(settings, args, go)
 
 
+def cmd_lineage(settings, args):
+    from . import lineage
+
+    found = lineage.trace(settings, args.service, args.trip_id, args.month)
+    if args.json:
+        return {"lineage": found}
+    print(lineage.render(found))
+    return None
+
+
 def cmd_sql_server(settings, args):
     from . import sql_server
 
@@ -368,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?", help="SQL to run; without it, list the registered tables")
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser(
+        "lineage",
+        help="the whole path of one prediction: model version and its run, features row, validation run, bronze "
+        "row, raw file and its sha256",
+    )
+    p.add_argument("--service", required=True, choices=SERVICES)
+    p.add_argument("--trip-id", required=True, help="trip_id of a row in gold/predictions")
+    p.add_argument("--month", help="the trip's month (YYYY-MM): reads one partition instead of the service's")
+    p.add_argument("--json", action="store_true", help="print the lineage as JSON (the command's summary line)")
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser(
         "sql-server",

@@ -80,7 +80,27 @@ def publish_views(spark, settings: Settings) -> list[str]:
         if lakehouse.exists(settings, table):
             spark.sql(f"CREATE VIEW {name} AS SELECT * FROM delta.`{table.path(settings)}`")
             names.append(name)
+    lineage_tables = (lakehouse.PREDICTIONS, lakehouse.TRIPS, lakehouse.BRONZE, lakehouse.VALIDATION_RUNS)
+    spark.sql(f"DROP VIEW IF EXISTS {lakehouse.CATALOG_DB}.prediction_lineage")
+    if all(lakehouse.exists(settings, t) for t in lineage_tables):
+        spark.sql(LINEAGE_VIEW.format(db=lakehouse.CATALOG_DB))
+        names.append(f"{lakehouse.CATALOG_DB}.prediction_lineage")
     return names
+
+
+# One row per prediction: the model that made it and the rows and files it came from (`taxi lineage` adds the MLflow
+# run, the training months and the file's recomputed checksum).
+LINEAGE_VIEW = """
+CREATE VIEW {db}.prediction_lineage AS
+SELECT p.service, p.month, p.trip_id, p.model_name, p.model_version, p.features_version, p.scoring_run_id,
+       p.scored_at, t.validation_run_id, v.verdict AS validation_verdict, v.suite_versions,
+       v.started_at AS validated_at, b.source_file, b.source_checksum, b.ingested_at
+FROM {db}.predictions p
+JOIN {db}.trips t ON t.service = p.service AND t.month = p.month AND t.trip_id = p.trip_id
+JOIN {db}.bronze_trips b ON b.service = t.service AND b.month = t.month AND b.trip_id = t.trip_id
+     AND b.duplicate_rank = t.duplicate_rank
+LEFT JOIN {db}.validation_runs v ON v.service = t.service AND v.run_id = t.validation_run_id
+"""
 
 
 def session_conf(settings: Settings, host: str, port: int) -> dict[str, str]:

@@ -66,15 +66,17 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
                 probe.settimeout(2)
                 assert probe.connect_ex((outward, port)) != 0, outward
         out = _beeline(port, "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
-                       "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n",
+                       "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n"
+                       "SELECT 'lineage', count(*), min(source_checksum), max(source_checksum), "
+                       "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n",
                        tmp_path)  # fmt: skip
     finally:
         stopped = _taxi(env, "sql-server", "stop", "--port", str(port))
     assert stopped["stopped"]
     assert not _taxi(env, "sql-server", "status", "--port", str(port))["running"]
 
-    for table in lakehouse.ALL_TABLES:  # every table of the golden lakehouse, by its catalog name
-        assert f"{table.key}," in out or f",{table.key}," in out, (table.key, out[:2000])
+    for name in [t.key for t in lakehouse.ALL_TABLES] + ["prediction_lineage"]:  # every table, by its catalog name
+        assert f"taxi,{name}," in out, (name, out[:2000])
     # The JDBC column listing names every column of the predictions table with its type.
     preds = partition_rows(golden.settings, lakehouse.PREDICTIONS, "green", "2023-02")
     for column in ("trip_id", "predicted_duration_min", "model_version", "pickup_datetime"):
@@ -85,6 +87,11 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
     _, n, mean = row.split(",")
     assert int(n) == len(preds)
     assert float(mean) == pytest.approx(preds["predicted_duration_min"].mean(), abs=1e-5)
+    # Every prediction joins back to one validated trip, its bronze row and the passing validation run.
+    landed = json.loads((golden.settings.raw_dir / "green" / "2023-02" / "_landing.json").read_text())
+    lineage = next(line for line in out.splitlines() if line.startswith("lineage,")).split(",")
+    expected = [str(len(preds)), landed["checksum"], landed["checksum"], "passed", str(preds["model_version"].max())]
+    assert lineage == ["lineage", *expected], lineage
 
 
 @pytest.mark.unit
