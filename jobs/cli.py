@@ -86,7 +86,9 @@ def cmd_train(settings, args):
     from . import train
 
     return _with_spark(
-        settings, args, lambda s: train.run(s, settings, args.service, args.until, args.months, args.force)
+        settings,
+        args,
+        lambda s: train.run(s, settings, args.service, args.until, args.months, args.force, args.allow_stale),
     )
 
 
@@ -283,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train and register even when the champion has already seen the validation month (the gate is then "
         "not out-of-sample for the champion; the gate report says so)",
+    )
+    p.add_argument(
+        "--allow-stale",
+        action="store_true",
+        help="train even when a month's features were built from validated data that has been re-validated since "
+        "(by default such a window is refused, naming the `taxi features` runs that refresh it)",
     )
     p.set_defaults(func=cmd_train)
 

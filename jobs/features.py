@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import lakehouse
+from . import freshness, lakehouse
 from .config import Settings
 from .log import JobLog, spark_progress
 from .months import check_month, check_service, previous_months
@@ -211,6 +211,7 @@ OUTPUT_COLUMNS = [
     "in_training_range",
     "feature_set_version",
     "features_run_id",
+    freshness.COLUMN,
     "service",
     "month",
 ]
@@ -267,7 +268,10 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
     window = previous_months(month, cfg.history_months)
     all_trips = lakehouse.read(spark, settings, lakehouse.TRIPS, version=trips_version)
     past = all_trips.where(F.col("service") == service).where(F.col("month").isin(window))
-    months_present = sorted(r.month for r in past.select("month").distinct().collect())
+    # The validated data read, by the run that wrote it (freshness: a later re-validation makes these rows stale).
+    inputs = {r.month: r.validation_run_id for r in past.select("month", "validation_run_id").distinct().collect()}
+    inputs[month] = trips.select("validation_run_id").first().validation_run_id
+    months_present = sorted(m for m in inputs if m != month)
     log.info("history window", months=",".join(window), present=",".join(months_present) or "none")
 
     y = int(month[:4])
@@ -284,10 +288,13 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
         .transform(lambda d: add_history_features(d, past_f, cfg.min_history_trips))
         .withColumn("feature_set_version", F.lit(FEATURE_SET_VERSION))
         .withColumn("features_run_id", F.lit(run_id))
+        .withColumn(freshness.COLUMN, F.lit(freshness.inputs_record(inputs)))
         .select(*OUTPUT_COLUMNS)
     )
     with spark_progress(spark, log):
-        version = lakehouse.replace_partition(features, settings, lakehouse.FEATURES, run_id, service, month)
+        # merge_schema: a table written before the inputs column existed gains it
+        version = lakehouse.replace_partition(features, settings, lakehouse.FEATURES, run_id, service, month,
+                                              merge_schema=True)  # fmt: skip
     rows = (
         lakehouse.read(spark, settings, lakehouse.FEATURES, version)
         .where(lakehouse.partition_predicate(service, month))

@@ -120,9 +120,10 @@ def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: 
     return version_written(df.sparkSession, settings, table, run_id)
 
 
-def replace_partition(df, settings: Settings, table: Table, run_id: str, service: str, month: str) -> int:
+def replace_partition(df, settings: Settings, table: Table, run_id: str, service: str, month: str,
+                      merge_schema: bool = False) -> int:  # fmt: skip
     """Atomically replace one (service, month) partition with ``df``; returns the Delta version written."""
-    return replace_where(df, settings, table, run_id, partition_predicate(service, month))
+    return replace_where(df, settings, table, run_id, partition_predicate(service, month), merge_schema)
 
 
 def append(df, settings: Settings, table: Table, run_id: str, merge_schema: bool = False) -> int:

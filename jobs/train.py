@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import lakehouse, registry
+from . import freshness, lakehouse, registry
 from .config import Settings
 from .errors import MissingUpstream
 from .features import MODEL_FEATURES, TARGET
@@ -137,7 +137,7 @@ def nothing_new(valid_month: str, champion_mv) -> str | None:
 
 
 def run(spark, settings: Settings, service: str, until: str, months: int | None = None,
-        force: bool = False) -> dict[str, Any]:  # fmt: skip
+        force: bool = False, allow_stale: bool = False) -> dict[str, Any]:  # fmt: skip
     check_service(service)
     if until == "latest":
         until = latest_feature_month(spark, settings, service)
@@ -146,6 +146,8 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
     log = JobLog("train", service, until)
     mlflow = setup_mlflow(settings)
     data = load_training_data(spark, settings, service, until, months or cfg.months)
+    if not allow_stale:
+        freshness.require_fresh(settings, service, [*data.train_months, data.valid_month])
     champion_mv = registry.champion(settings, service)
     skip = nothing_new(data.valid_month, champion_mv)
     if skip and not force:

@@ -18,7 +18,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from . import ingest, lakehouse
+from . import freshness, ingest, lakehouse
 from .config import Settings
 from .errors import MissingUpstream, MonthRejected
 from .log import JobLog, spark_progress
@@ -246,8 +246,13 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
                     _write_outputs(checked, row_suite, settings, run_id, service, month)
             finally:
                 checked.unpersist()
+        stale = {}
         if verdict == "passed":
             ingest.mark_accepted(settings, service, month, landed, bronze_version)
+            stale = freshness.made_stale_by(settings, service, month)
+            if stale:
+                log.warning("features now stale: rerun `taxi features` for them, in month order",
+                            months=",".join(sorted(stale)))  # fmt: skip
         else:
             record["set_aside"] = str(undo_landing(spark, settings, service, month, landed, run_id, record["reason"]))
             log.info("rejected file set aside", file=record["set_aside"])
@@ -267,7 +272,7 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
     if verdict == "rejected":
         raise MonthRejected(f"{service} {month} rejected: {record['reason']}")
     keys = ("verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share", "data_docs", "run_id")
-    return {**{k: record[k] for k in keys}, "overview": str(overview)}
+    return {**{k: record[k] for k in keys}, "overview": str(overview), "stale_features": sorted(stale)}
 
 
 def check_bronze_source(bronze, landed, service: str, month: str) -> None:

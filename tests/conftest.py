@@ -247,7 +247,7 @@ def table_version(settings, table) -> int:
 # Run-specific columns: when and by which run a row was written, and the upstream table version it read.
 VOLATILE = {
     "ingested_at", "validation_run_id", "quarantined_at", "features_run_id", "scored_at", "scoring_run_id",
-    "features_version",
+    "features_version", "input_validation_runs",
 }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 
 import pandas as pd
@@ -12,9 +13,10 @@ import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
 
-from jobs import features, ingest, lakehouse, validate
+from jobs import features, freshness, ingest, lakehouse, train, validate
+from jobs.errors import MissingUpstream
 
-from .conftest import DATA, partition_rows
+from .conftest import DATA, GOLDEN_GREEN, partition_rows
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
@@ -188,3 +190,21 @@ def test_a_months_own_durations_never_reach_its_history_features(spark, lake, tm
     hist2, _ = _history_and_target(lake, "2022-02")
     ratio = hist2["hist_median_duration_min"].median() / hist0["hist_median_duration_min"].median()
     assert 1.3 < ratio < 1.7
+
+
+def test_relanding_a_month_makes_the_features_built_on_it_stale_until_they_are_recomputed(spark, lake):
+    """2023-02's features read 2023-01's validated trips as history: re-landing 2023-01 makes both months' features
+    stale; training on them is refused with the commands to run; recomputing them clears it."""
+    assert freshness.stale_months(lake, "green", list(GOLDEN_GREEN)) == {}  # as built
+    ingest.run(spark, lake, "green", "2023-01")
+    relanded = validate.run(spark, lake, "green", "2023-01")
+    assert relanded["stale_features"] == ["2023-01", "2023-02"]
+    stale = freshness.stale_months(lake, "green", list(GOLDEN_GREEN))
+    assert sorted(stale) == ["2023-01", "2023-02"] and "silver 2023-01 was re-validated" in stale["2023-02"]
+    refresh = "`taxi features --service green --month 2023-01 && taxi features --service green --month 2023-02`"
+    with pytest.raises(MissingUpstream, match=r"green features are stale for 2023-01, 2023-02 .*" + re.escape(refresh)):
+        train.run(spark, lake, "green", "2023-02", months=13)
+    for month in ("2023-01", "2023-02"):
+        features.run(spark, lake, "green", month)
+    assert freshness.stale_months(lake, "green", list(GOLDEN_GREEN)) == {}
+    freshness.require_fresh(lake, "green", list(GOLDEN_GREEN))  # what train checks: passes now

@@ -1,0 +1,89 @@
+"""Stale derived data: a features partition records which validated data it read, so a re-validated month is seen
+to make the features built on it stale.
+
+A month's features read its own validated trips and the history months before it (``features.history_months``).
+Each features row carries ``input_validation_runs``: a JSON object {month: validation run id} of the silver months it
+read. The silver partition of a month is identified by the validation run that wrote it, so features are stale when
+any input month has since been re-validated, or a history month has appeared (a backfill of an earlier month).
+Read with delta-rs (no Spark): `taxi validate` reports the features it made stale, `taxi train` refuses a window that
+holds any (unless ``--allow-stale``). Partitions written before this column existed have no record and are not
+judged.
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import lakehouse
+from .config import Settings
+from .errors import MissingUpstream
+from .months import add_months, previous_months
+
+COLUMN = "input_validation_runs"
+
+
+def inputs_record(runs: dict[str, str]) -> str:
+    """The value stored in every row of a features partition: {input month: validation run id}, sorted."""
+    return json.dumps(dict(sorted(runs.items())), separators=(",", ":"))
+
+
+def _silver_runs(settings: Settings, service: str, months: list[str]) -> dict[str, str]:
+    """{month: the validation run whose rows are in silver now} for the months that have validated rows."""
+    from deltalake import DeltaTable
+
+    if not lakehouse.exists(settings, lakehouse.TRIPS):
+        return {}
+    df = DeltaTable(lakehouse.TRIPS.path(settings)).to_pandas(
+        filters=[("service", "=", service), ("month", "in", months)], columns=["month", "validation_run_id"]
+    )
+    return dict(df.drop_duplicates("month")[["month", "validation_run_id"]].itertuples(index=False, name=None))
+
+
+def stale_months(settings: Settings, service: str, months: list[str]) -> dict[str, str]:
+    """{features month: why it is stale} among ``months`` (months without features, or without a record, are
+    skipped)."""
+    from deltalake import DeltaTable
+
+    if not months or not lakehouse.exists(settings, lakehouse.FEATURES):
+        return {}
+    table = DeltaTable(lakehouse.FEATURES.path(settings))
+    if COLUMN not in {f.name for f in table.schema().fields}:
+        return {}
+    recorded = table.to_pandas(filters=[("service", "=", service), ("month", "in", months)],
+                               columns=["month", COLUMN]).drop_duplicates()  # fmt: skip
+    history = settings.features.history_months
+    stale = {}
+    for month, record in recorded.itertuples(index=False, name=None):
+        if record is None:
+            continue
+        read = json.loads(record)
+        now = _silver_runs(settings, service, [month, *previous_months(month, history)])
+        changed = [m for m in sorted(now.keys() | read.keys()) if now.get(m) != read.get(m)]
+        if changed:
+            stale[month] = "; ".join(_why(m, read, now) for m in changed)
+    return stale
+
+
+def _why(month: str, read: dict[str, str], now: dict[str, str]) -> str:
+    if month not in read:
+        return f"silver {month} appeared since"
+    if month not in now:
+        return f"silver {month} is gone"
+    return f"silver {month} was re-validated ({now[month]}; the features read {read[month]})"
+
+
+def made_stale_by(settings: Settings, service: str, month: str) -> dict[str, str]:
+    """The features a new validation of ``month`` made stale: its own and the next history_months months'."""
+    return stale_months(settings, service, [add_months(month, k) for k in range(settings.features.history_months + 1)])
+
+
+def require_fresh(settings: Settings, service: str, months: list[str]) -> None:
+    """Refuse to train on stale features, naming each month, why, and the command that rebuilds it."""
+    stale = stale_months(settings, service, months)
+    if stale:
+        lines = "; ".join(f"{m}: {why}" for m, why in sorted(stale.items()))
+        commands = " && ".join(f"taxi features --service {service} --month {m}" for m in sorted(stale))
+        raise MissingUpstream(
+            f"{service} features are stale for {', '.join(sorted(stale))} ({lines}): run `{commands}` (in month "
+            "order), or pass --allow-stale"
+        )
