@@ -137,7 +137,7 @@ def _local_path(settings: Settings, source: str, label: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -227,7 +227,7 @@ def stage(settings: Settings, service: str, month: str, source: str, log: JobLog
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return LandedFile(str(staged), source, _sha256(staged), fmt, staged.stat().st_size, columns)
+    return LandedFile(str(staged), source, sha256(staged), fmt, staged.stat().st_size, columns)
 
 
 def commit_landing(settings: Settings, service: str, month: str, staged: LandedFile) -> LandedFile:

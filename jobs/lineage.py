@@ -8,7 +8,6 @@ file (path in the raw zone, its sha256 recomputed now and compared with the one 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +63,6 @@ def _validation_run(settings: Settings, service: str, run_id: str) -> dict[str, 
     return {k: _plain(v) for k, v in df.iloc[0].items()} if len(df) else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _raw_file(settings: Settings, service: str, month: str, checksum: str) -> dict[str, Any]:
     """The raw-zone file whose checksum the bronze row records: the landed one, or the last accepted copy."""
     accepted = ingest.accepted_landing(settings, service, month)
@@ -82,7 +73,7 @@ def _raw_file(settings: Settings, service: str, month: str, checksum: str) -> di
                 "path": str(path),
                 "source": landed.source,
                 "sha256_recorded": landed.checksum,
-                "sha256_now": _sha256(path),
+                "sha256_now": ingest.sha256(path),
                 "size_bytes": landed.size_bytes,
             }
     note = f"no file with this checksum is left in the raw zone of {service} {month} (re-landed since?)"
