@@ -12,7 +12,7 @@ SynapseML JARs: the output of `taxi jars`) and `taxi_py_files` (the zipped `jobs
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -67,25 +67,38 @@ def taxi_job(task_id: str, *args: str, timeout: timedelta | None = None, **kwarg
     )
 
 
+# One check is a HEAD request (30 s at most) and a config read: an attempt that runs longer has hung, and is
+# killed and retried instead of holding the month's run for the hour other tasks get.
+PUBLICATION_CHECK_TIMEOUT = timedelta(minutes=5)
+
+
 def wait_for_publication(service: str):
     """The monthly run's first task: succeeds once the month's source is out; between checks the task is
-    `up_for_reschedule` and holds no worker slot. Fails, naming the source, once the wait has run out."""
+    `up_for_reschedule` and holds no worker slot. Fails, naming the source, once the wait has run out.
 
-    @task.sensor(
-        task_id="wait_for_publication",
-        mode="reschedule",
-        poke_interval=SETTINGS.publication_poke_s,
-        # Backstop only: the check itself fails at the deadline counted from the month's end, with the source named.
-        timeout=timedelta(days=SETTINGS.publication_timeout_days + 62).total_seconds(),
-        retries=0,
-    )
-    def wait(month: str) -> bool:
+    A plain task that reschedules itself rather than a reschedule-mode sensor: Airflow 3.3's BaseSensorOperator asks
+    the supervisor for the first reschedule date before every poke after the first, and that request can hang until
+    the task is killed (apache/airflow#68010). The deadline is the check's own (publication_timeout_days from the
+    month's end), so the sensor's run-time bookkeeping is not needed."""
+
+    @task(task_id="wait_for_publication", retries=2, retry_delay=timedelta(minutes=1),
+          retry_exponential_backoff=False, execution_timeout=PUBLICATION_CHECK_TIMEOUT)  # fmt: skip
+    def wait(month: str) -> str:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
+
         from jobs import publication
         from jobs.config import load_settings
 
-        status = publication.check(load_settings(), service, month)
+        settings = load_settings()
+        try:
+            status = publication.check(settings, service, month)
+        except publication.NotPublished as e:
+            raise AirflowFailException(str(e)) from e  # the wait ran out: final, not retried
         print(status.message())
-        return status.published
+        if not status.published:
+            poke = timedelta(seconds=settings.airflow.publication_poke_s)
+            raise AirflowRescheduleException(datetime.now(UTC) + poke)
+        return status.source
 
     return wait(MONTH)
 

@@ -272,11 +272,14 @@ def partition_rows(settings, table, service: str, month: str, columns: list[str]
     )
 
 
-def wait_until(what: str, done, timeout_s: float, interval_s: float = 2.0) -> None:
-    """Poll ``done()`` every ``interval_s`` until it is true; fail naming ``what`` after ``timeout_s``."""
+def wait_until(what: str, done, timeout_s: float, interval_s: float = 2.0, describe=None) -> None:
+    """Poll ``done()`` every ``interval_s`` until it is true; fail naming ``what`` after ``timeout_s``, with what
+    ``describe()`` says about the state things were left in."""
     deadline = time.monotonic() + timeout_s
     while not done():
-        assert time.monotonic() < deadline, f"{what} not reached after {timeout_s} s"
+        if time.monotonic() >= deadline:
+            state = f"\n{describe()}" if describe else ""
+            raise AssertionError(f"{what} not reached after {timeout_s:.0f} s{state}")
         time.sleep(interval_s)
 
 

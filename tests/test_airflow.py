@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -97,11 +97,37 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
         "score", "--service", "green", "--month", "2023-03", "--skip-if-no-model"]  # fmt: skip
     assert _render(dag.get_task("announce_new_month"), run) == ["2023-03"]
     wait = dag.get_task("wait_for_publication")
-    assert wait.mode == "reschedule" and wait.poke_interval == 6 * 3600 and wait.retries == 0
+    assert wait.retries == 2 and wait.execution_timeout == timedelta(minutes=5)  # a hung check is killed, retried
     assert [t.task_id for t in dag.tasks if t.depends_on_past] == ["features"]  # months' features in order
     assert [o.uri for o in dag.get_task("announce_new_month").outlets] == ["lakehouse://silver/features/green"]
     assert [o.uri for o in dag.get_task("score").outlets] == ["lakehouse://gold/predictions/green"]
     assert dag.get_task("features").outlets == []  # a rerun of features alone announces nothing
+
+
+def test_the_wait_reschedules_itself_until_the_file_is_out_and_fails_for_good_once_the_wait_ran_out(
+    dagbag, tmp_path, monkeypatch
+):
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
+
+    from jobs.months import add_months
+
+    site = tmp_path / "site"
+    (tmp_path / "no-samples").mkdir()
+    monkeypatch.setenv("TAXI__DATA__SOURCE_URL_TEMPLATE", str(site / "{service}_tripdata_{month}.parquet"))
+    monkeypatch.setenv("TAXI__DATA__SAMPLE_DIR", str(tmp_path / "no-samples"))
+    monkeypatch.setenv("TAXI__AIRFLOW__PUBLICATION_POKE_S", "600")
+    check = dagbag.dags["taxi_monthly_green"].get_task("wait_for_publication").python_callable
+    last_month = add_months(datetime.now(UTC).strftime("%Y-%m"), -1)
+    before = datetime.now(UTC)
+    with pytest.raises(AirflowRescheduleException) as later:  # not out yet: up_for_reschedule, no slot held
+        check(last_month)
+    assert before + timedelta(seconds=600) <= later.value.reschedule_date <= datetime.now(UTC) + timedelta(
+        seconds=600)  # fmt: skip
+    with pytest.raises(AirflowFailException, match="2020-01.*green_tripdata_2020-01.parquet.*publication_timeout"):
+        check("2020-01")  # the wait ran out: final (no retry), the source named
+    site.mkdir()
+    (site / f"green_tripdata_{last_month}.parquet").write_bytes(b"PAR1")
+    assert check(last_month) == str(site / f"green_tripdata_{last_month}.parquet")  # out: the run goes on
 
 
 def test_training_runs_on_announced_months_and_monitoring_on_scored_ones(dagbag):

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from jobs import lakehouse
@@ -27,7 +28,7 @@ from jobs import lakehouse
 from .conftest import ROOT, airflow_cli, airflow_db, airflow_env, airflow_init, table_checksum, wait_until
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
-RUNS_TIMEOUT_S = 1500
+SCENARIO_S = 1450  # the whole scenario, so the test's own message (with the diagnosis) comes before pytest's timeout
 POLL_S = 3  # how often the test asks Airflow for the runs' states
 TABLES = (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES)
 
@@ -111,7 +112,9 @@ def _tlc_file(src: Path, dst: Path, shift_days: int = 0) -> None:
         moved = pc.add(table[name], pa.scalar(shift_days * 86_400_000_000, pa.duration("us")).cast(
             pa.duration(table[name].type.unit)))  # fmt: skip
         table = table.set_column(table.schema.get_field_index(name), name, moved)
-    pq.write_table(table, dst)
+    partial = dst.with_name(f".{dst.name}.partial")
+    pq.write_table(table, partial)
+    partial.replace(dst)  # published at once, as a web server's upload would be: never half a file
 
 
 @contextlib.contextmanager
@@ -141,6 +144,37 @@ def _announced(env) -> list[str]:
     return [json.loads(extra or "{}").get("month") for (extra,) in rows]
 
 
+def _task_instances(env) -> list[tuple[str, str, str, int]]:
+    """(logical month, task, state, try number) of every task instance of the live DAG."""
+    rows = airflow_db(env, "select r.logical_date, t.task_id, t.state, t.try_number from task_instance t join dag_run r"
+                     " on t.dag_id = r.dag_id and t.run_id = r.run_id where t.dag_id = ? order by r.logical_date, "
+                     "t.start_date", LIVE_DAG)  # fmt: skip
+    return [(str(logical)[:7], task, state, tries) for logical, task, state, tries in rows]
+
+
+def _no_failure(env) -> None:
+    """Fails the test at once when a run or a task failed or waits for a retry: no waiting out the deadline."""
+    broken = [ti for ti in _task_instances(env) if ti[2] in ("failed", "upstream_failed", "up_for_retry")]
+    runs = sorted(_runs(env, LIVE_DAG).values())
+    assert not broken and all(state != "failed" for _, state in runs), _diagnosis(env)
+
+
+def _diagnosis(env) -> str:
+    """Every task instance's state, and the log tails of the tasks that did not end well, and of the scheduler."""
+    home = Path(env["AIRFLOW_HOME"])
+    lines = ["task instances (month, task, state, try):", *(f"  {ti}" for ti in _task_instances(env))]
+    for month, task, state, _ in _task_instances(env):
+        if state in ("success", "skipped", "up_for_reschedule", None):
+            continue
+        for log in sorted((home / "logs").glob(f"dag_id={LIVE_DAG}/run_id=*{month}*/task_id={task}/attempt=*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            lines += [f"--- {log.relative_to(home)} (last 40 lines)", *tail]
+    standalone = home.parent / "standalone.log"
+    if standalone.exists():
+        lines += ["--- standalone.log (last 40 lines)", *standalone.read_text(errors="replace").splitlines()[-40:]]
+    return "\n".join(lines)
+
+
 def _counts(lake: Path, month: str) -> dict[str, tuple[int, str]]:
     """(rows, content checksum) of the month in every table the monthly DAG writes (no model: nothing scored)."""
     return {t.relpath: table_checksum(str(lake / t.relpath), "green", month) for t in TABLES}
@@ -165,23 +199,28 @@ def test_live_calendar_waits_for_the_next_month_trains_once_per_new_month_and_a_
             "TAXI__DATA__SAMPLE_DIR": str(tmp_path / "no-samples"),  # the files come from the server only
         }
         with _standalone(tmp_path, LIVE_DAG, **calendar) as (env, lake):
+            deadline = time.monotonic() + SCENARIO_S
+
+            def wait(what: str, done) -> None:
+                wait_until(what, lambda: _no_failure(env) or done(), deadline - time.monotonic(), POLL_S,
+                           lambda: _diagnosis(env))  # fmt: skip
+
             _airflow(env, "dags", "unpause", LIVE_DAG)
 
             def february_waits() -> bool:
                 runs = sorted(_runs(env, LIVE_DAG).values())
-                assert not any(state == "failed" for _, state in runs), runs
                 waiting = _task_states(env, "wait_for_publication").get("2023-02") == "up_for_reschedule"
                 return runs[:1] == [("2023-01", "success")] and waiting
 
-            wait_until("January done, February waiting for its file", february_waits, RUNS_TIMEOUT_S, POLL_S)
+            wait("January done, February waiting for its file", february_waits)
             assert sorted(_runs(env, LIVE_DAG).values())[1] == ("2023-02", "running")
             assert _task_states(env, "ingest").get("2023-02") is None  # nothing downstream started
             assert _announced(env) == ["2023-01"]  # the new month once: training's trigger
 
             # The TLC publishes February: the same run goes on by itself.
             _tlc_file(shipped / "green_tripdata_2023-02.parquet", site / "green_tripdata_2023-02.parquet")
-            wait_until("the February run completed", lambda: sorted(_runs(env, LIVE_DAG).values()) == [
-                ("2023-01", "success"), ("2023-02", "success")], RUNS_TIMEOUT_S, POLL_S)  # fmt: skip
+            wait("the February run completed", lambda: sorted(_runs(env, LIVE_DAG).values()) == [
+                ("2023-01", "success"), ("2023-02", "success")])  # fmt: skip
             assert _announced(env) == ["2023-01", "2023-02"]
             assert all(run_id.startswith("scheduled__") for run_id in _runs(env, LIVE_DAG))
             january = _counts(lake, "2023-01")
@@ -192,14 +231,19 @@ def test_live_calendar_waits_for_the_next_month_trains_once_per_new_month_and_a_
             # A backfill reprocessing the completed January (the README's command): every task reruns and rewrites
             # the month, no row or value changes, and a backfill starts no training.
             features_before = _delta_version(lake / lakehouse.FEATURES.relpath)
-            _airflow(env, "backfill", "create", "--dag-id", LIVE_DAG, "--from-date", "2023-01-01", "--to-date",
-                     "2023-01-01", "--reprocess-behavior", "completed")  # fmt: skip
+            january_only = ("--from-date", "2023-01-01", "--to-date", "2023-01-01")
+            created = airflow_cli(env, "backfill", "create", "--dag-id", LIVE_DAG, *january_only,
+                                  "--reprocess-behavior", "completed", check=False)  # fmt: skip
+            # One backfill, whatever the CLI said: an attempt that met sqlite's lock after its commit is retried and
+            # then told that the backfill it created is running.
+            backfills = airflow_db(env, "select id from backfill where dag_id = ?", LIVE_DAG)
+            assert len(backfills) == 1, created.stderr[-3000:]
 
             def backfill_finished() -> bool:
                 backfills = airflow_db(env, "select completed_at from backfill where dag_id = ?", LIVE_DAG)
                 return bool(backfills) and all(done is not None for (done,) in backfills)
 
-            wait_until("the backfill finished", backfill_finished, RUNS_TIMEOUT_S, POLL_S)
+            wait("the backfill finished", backfill_finished)
             runs = _runs(env, LIVE_DAG)
             assert sorted(runs.values()) == [("2023-01", "success"), ("2023-02", "success")], runs
             reprocessed = airflow_db(env, "select run_type from dag_run where dag_id = ? and backfill_id is not null",
