@@ -49,6 +49,14 @@ def _service_month(p: argparse.ArgumentParser, month_help: str = "the month, YYY
 
 
 # ---- job launchers: heavy imports happen here, not at parse time ---------------------------------------------
+def _version_or(p: argparse.ArgumentParser, version_help: str, flag: str, flag_help: str) -> None:
+    """``--service`` and either ``--version N`` or ``flag``: the registry-alias commands."""
+    p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int, help=version_help)
+    which.add_argument(flag, action="store_true", help=flag_help)
+
+
 def _with_spark(settings: Settings, args, fn: Callable) -> dict:
     """Run ``fn`` with a session; stop it afterwards only if this call created it (tests, notebooks share one)."""
     from pyspark.sql import SparkSession
@@ -96,6 +104,12 @@ def cmd_promote(settings, args):
     from . import promote
 
     return _with_spark(settings, args, lambda s: promote.run(s, settings, args.service, args.version, args.rollback))
+
+
+def cmd_shadow(settings, args):
+    from . import shadow
+
+    return shadow.run(settings, args.service, args.version, args.stop)
 
 
 def cmd_score(settings, args):
@@ -300,11 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compares the version with the champion on the newest feature month neither has seen (or on "
         "their recorded validation RMSE), logs that gate report to MLflow, then moves the alias.",
     )
-    p.add_argument("--service", required=True, type=_service, help=f"taxi service: {' or '.join(SERVICES)}")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--version", type=int, help="the registered version to make champion")
-    target.add_argument("--rollback", action="store_true", help="return to the champion before the current one")
+    _version_or(p, "the registered version to make champion", "--rollback",
+                "return to the champion before the current one")  # fmt: skip
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "shadow",
+        help="score a registered version in shadow beside the champion (alias 'challenger'), or stop",
+        description="From now on every `taxi score` with the champion also scores the month with this version into "
+        "gold/shadow_predictions (same trips; BI tools read gold/predictions, which holds only the champion's rows), "
+        "and the weekly monitor compares both on the same trips.",
+    )
+    _version_or(p, "the registered version to score in shadow (not the champion)", "--stop",
+                "remove the challenger: no more shadow scoring")  # fmt: skip
+    p.set_defaults(func=cmd_shadow)
 
     p = sub.add_parser(
         "score",

@@ -111,6 +111,14 @@ class FeaturesConfig(_Section):
 LEARNERS = ("xgboost", "lightgbm")
 
 
+class IntervalConfig(_Section):
+    """Conformalized quantile regression (CQR): every prediction gets an interval of the stated coverage."""
+
+    enabled: bool = True
+    coverage: float = Field(0.8, gt=0, lt=1)  # the interval's target share of trips: 0.8 -> p10 .. p90
+    params: dict[str, Any] = Field(default_factory=dict)  # overrides of train.lightgbm for the two quantile models
+
+
 class TrainConfig(_Section):
     months: int = Field(12, ge=1)
     learners: list[Literal["xgboost", "lightgbm"]] = Field(default_factory=lambda: list(LEARNERS))
@@ -123,6 +131,10 @@ class TrainConfig(_Section):
     seed: int = 42
     xgboost: dict[str, Any] = Field(default_factory=dict)
     lightgbm: dict[str, Any] = Field(default_factory=dict)
+    intervals: IntervalConfig = IntervalConfig()
+    # `taxi promote --version N` needs N to have beaten the champion in shadow in each of the latest this-many
+    # monitored weeks (0: no shadow record needed).
+    promote_after_shadow_weeks: int = Field(0, ge=0)
 
 
 class ScoreConfig(_Section):
@@ -142,6 +154,16 @@ class MonitorConfig(_Section):
     key_features: list[str] = Field(default_factory=lambda: ["trip_distance", "PULocationID", "DOLocationID"])
     max_reference_missing: float = Field(0.5, gt=0, le=1)  # a feature mostly missing in the reference is not judged
     sample_rows: int = Field(20000, gt=0)
+    # A complete week whose interval coverage (share of known trips inside their interval) leaves this range is an
+    # accuracy breach, like an RMSE over its limit.
+    coverage_min: float = Field(0.75, gt=0, lt=1)
+    coverage_max: float = Field(0.85, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _coverage_range(self) -> MonitorConfig:
+        if self.coverage_min >= self.coverage_max:
+            raise ValueError("monitor.coverage_min must be below coverage_max")
+        return self
 
 
 class AirflowConfig(_Section):
@@ -245,14 +267,27 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        parts = key[len(ENV_PREFIX) :].split("__")
-        # Section and field names are lower case; deeper keys (Spark conf, learner params) keep their case.
-        path = [p.lower() for p in parts[:2]] + parts[2:]
+        path = _key_path(key[len(ENV_PREFIX) :].split("__"))
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
     return out
+
+
+def _key_path(parts: list[str]) -> list[str]:
+    """Section and field names are lower case; the keys of a free-form mapping (Spark conf, learner params) keep
+    their case: ``TRAIN__INTERVALS__PARAMS__numIterations`` -> train, intervals, params, numIterations."""
+    path, model = [], Settings
+    for part in parts:
+        if model is None:
+            path.append(part)
+            continue
+        path.append(part.lower())
+        field = model.model_fields.get(part.lower())
+        kind = field.annotation if field is not None else None
+        model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return path
 
 
 def load_settings(env: dict[str, str] | None = None, conf_file: str | Path | None = None) -> Settings:

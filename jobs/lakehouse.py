@@ -38,8 +38,10 @@ QUARANTINE = Table("quarantine_trips", "quarantine/trips", producer="taxi valida
 VALIDATION_RUNS = Table("validation_runs", "monitoring/validation_runs", ("service",), "taxi validate")
 FEATURES = Table("features", "silver/features", producer="taxi features")
 PREDICTIONS = Table("predictions", "gold/predictions", producer="taxi score")
+# The challenger's scores of the same trips (taxi shadow), apart from what BI reads.
+SHADOW_PREDICTIONS = Table("shadow_predictions", "gold/shadow_predictions", producer="taxi score (with taxi shadow)")
 DRIFT = Table("drift", "monitoring/drift", ("service",), "taxi monitor")
-ALL_TABLES = (BRONZE, TRIPS, QUARANTINE, VALIDATION_RUNS, FEATURES, PREDICTIONS, DRIFT)
+ALL_TABLES = (BRONZE, TRIPS, QUARANTINE, VALIDATION_RUNS, FEATURES, PREDICTIONS, SHADOW_PREDICTIONS, DRIFT)
 CATALOG_DB = "taxi"
 
 

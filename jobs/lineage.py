@@ -18,8 +18,9 @@ from .modeling import setup_mlflow
 
 # Identity and provenance columns shown for each row (the full rows are a query away).
 SHOWN = {
-    lakehouse.PREDICTIONS: ("month", "predicted_duration_min", "actual_duration_min", "model_name", "model_version",
-                            "features_version", "scored_at", "scoring_run_id"),
+    lakehouse.PREDICTIONS: ("month", "predicted_duration_min", "predicted_p10_min", "predicted_p90_min",
+                            "actual_duration_min", "model_name", "model_version", "features_version", "scored_at",
+                            "scoring_run_id"),
     lakehouse.FEATURES: ("month", "feature_set_version", "features_run_id", "trip_distance", "hist_level"),
     lakehouse.TRIPS: ("month", "pickup_datetime", "dropoff_datetime", "validation_run_id", "source_checksum"),
     lakehouse.BRONZE: ("month", "source_file", "source_checksum", "ingested_at", "duplicate_rank"),
@@ -99,6 +100,8 @@ def trace(settings: Settings, service: str, trip_id: str, month: str | None = No
         "trained_through": mv.tags.get("trained_through"),
         "trained_on_features_version": int(mv.tags["features_version"]) if "features_version" in mv.tags else None,
         "gate": mv.tags.get("gate"),
+        # The interval's quantile models and the month that calibrated them (none for a version without one).
+        "interval": {k.removeprefix("interval_"): v for k, v in mv.tags.items() if k.startswith("interval_")} or None,
     }
     features_version = int(prediction["features_version"])
     features = _row(settings, lakehouse.FEATURES, service, trip_id, month, version=features_version)

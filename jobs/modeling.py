@@ -74,28 +74,38 @@ def arrow_feature_matrix(batch):
     return matrix
 
 
-def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = False):
+def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = False, interval=None):
     """Spark DataFrame with MODEL_FEATURES -> ``keep`` columns + ``predicted_duration_min``, in Arrow batches.
 
     One booster per Python worker (built on its first batch), predicting whole Arrow batches in place: no per-row
     UDF and no pandas conversion; the ``keep`` columns pass through the Python worker untouched (zero copy).
     ``log_scale`` returns the raw log1p-scale prediction instead (the margin a continued booster starts from).
+    ``interval`` (a :class:`jobs.training.intervals.IntervalModel`) adds its bounds in minutes in the same pass.
     """
     import numpy as np
     import pyarrow as pa
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    out_schema = T.StructType([*[df.schema[c] for c in keep], T.StructField(PREDICTION, T.DoubleType())])
+    extra = list(interval.columns) if interval is not None else []
+    names = [*keep, PREDICTION, *extra]
+    out_schema = T.StructType([*[df.schema[c] for c in keep],
+                               *[T.StructField(c, T.DoubleType()) for c in (PREDICTION, *extra)]])  # fmt: skip
     flavor, payload = model.flavor, model.payload
 
     def predict_batches(batches):
         booster = NativeModel(flavor, payload).booster()
+        bounds = [(m.booster(), m.flavor) for m in (interval.lower, interval.upper)] if interval is not None else []
         for batch in batches:
-            raw = np.asarray(predict_log(booster, flavor, arrow_feature_matrix(batch)), dtype="float64")
+            matrix = arrow_feature_matrix(batch)
+            raw = np.asarray(predict_log(booster, flavor, matrix), dtype="float64")
             minutes = raw if log_scale else np.clip(np.expm1(raw), 0.0, None)
-            columns = [batch.column(c) for c in keep] + [pa.array(minutes, type=pa.float64())]
-            yield pa.RecordBatch.from_arrays(columns, names=[*keep, PREDICTION])
+            arrays = [minutes]
+            if bounds:
+                q_lo, q_hi = (np.asarray(predict_log(b, f, matrix), dtype="float64") for b, f in bounds)
+                arrays += interval.bounds(minutes, q_lo, q_hi)
+            columns = [batch.column(c) for c in keep] + [pa.array(a, type=pa.float64()) for a in arrays]
+            yield pa.RecordBatch.from_arrays(columns, names=names)
 
     cols = list(dict.fromkeys([*keep, *MODEL_FEATURES]))
     return df.select(*[F.col(c) for c in cols]).mapInArrow(predict_batches, out_schema)
@@ -124,7 +134,11 @@ def metric_exprs(pred: str = PREDICTION, label: str = TARGET, where=None, prefix
 
 def regression_metrics(df, pred: str = PREDICTION, label: str = TARGET, by: str | None = None) -> dict[str, float]:
     """RMSE, MAE, RMSLE (minutes) and bias, overall or per group of ``by``; computed in Spark."""
-    aggs = metric_exprs(pred, label)
+    return aggregate(df, metric_exprs(pred, label), by)
+
+
+def aggregate(df, aggs: list, by: str | None = None) -> dict[str, float]:
+    """Named aggregates over ``df``: {name: value}, or per group of ``by`` {name_<by>_<group>: value}."""
     if by is None:
         row = df.agg(*aggs).first().asDict()
         return {k: float(v) for k, v in row.items() if v is not None}

@@ -5,7 +5,8 @@ Reference: the profile stored with that model version at registration, i.e. its 
 predicted it before the refit (out-of-sample; see :mod:`jobs.monitoring.profile`). Nothing from the training
 window is read or re-predicted: the job reads only the week's scored trips (``gold/predictions`` joined with
 their features). A week inside the version's training window is reported as ``in_sample`` with no verdict.
-Verdict: ``error`` (week RMSE over ``rmse_ratio`` x the reference RMSE, or the absolute ceiling), ``drift`` (one
+Verdict: ``error`` (week RMSE over ``rmse_ratio`` x the reference RMSE, or the absolute ceiling; or the coverage of
+the prediction intervals outside [``coverage_min``, ``coverage_max``]), ``drift`` (one
 rule per feature type, see :mod:`jobs.monitoring.stats`) or ``ok``; ``retrain`` at once on error and on drift only
 when ``drift_weeks`` of the last ``drift_window`` weeks drifted. The Delta table is the source of truth.
 """
@@ -23,10 +24,13 @@ from .errors import MissingUpstream
 from .features import TARGET
 from .log import JobLog, spark_progress
 from .modeling import PREDICTION, experiment_id, setup_mlflow
+from .monitoring import shadow
 from .monitoring.profile import accuracy, continuous_sample, profile_parts
 from .monitoring.report import html_report, zone_names
+from .monitoring.shadow import scoring_version
 from .monitoring.stats import binned_counts, drift_metrics, judge_features, retrain_decision, verdict
 from .months import add_weeks, check_service, check_week, month_start, week_bounds, week_months
+from .training.intervals import P10, P90
 
 # The JSON next to each report: other tooling reads these keys.
 SUMMARY_KEYS = ("verdict", "retrain", "drifted_features", "performance", "reference_performance", "model_version",
@@ -37,29 +41,32 @@ DRIFT_SCHEMA = (
 )
 
 
-def scored_week(spark, settings: Settings, service: str, week: str):
-    """The week's scored trips with their features (only the week's month partitions are read)."""
+def scored_week(spark, settings: Settings, service: str, week: str, table=lakehouse.PREDICTIONS):
+    """The week's trips scored into ``table`` with their features (only the week's month partitions are read)."""
     from pyspark.sql import functions as F
 
-    if not lakehouse.exists(settings, lakehouse.PREDICTIONS):
-        raise MissingUpstream(f"gold/predictions is empty: run `taxi score --service {service}` for {week} first")
+    if not lakehouse.exists(settings, table):
+        raise MissingUpstream(f"{table.relpath} is empty: run `taxi score --service {service}` for {week} first")
     start, end = week_bounds(week)
     months = week_months(week)
+    scored = lakehouse.read(spark, settings, table)
+    # Intervals: null for trips scored before the model had them (an older table lacks the columns altogether).
+    bounds = [F.col(c) if c in scored.columns else F.lit(None).cast("double").alias(c) for c in (P10, P90)]
     preds = (
-        lakehouse.read(spark, settings, lakehouse.PREDICTIONS)
-        .where(F.col("service") == service)
+        scored.where(F.col("service") == service)
         .where(F.col("month").isin(months))
         .where((F.col("pickup_datetime") >= start) & (F.col("pickup_datetime") < end))
-        .select("trip_id", PREDICTION, "model_version")
+        .select("trip_id", PREDICTION, *bounds, "model_version")
     )
     feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
     return feats.where(F.col("month").isin(months)).join(preds, "trip_id")
 
 
-def scoring_version(current) -> int:
-    """The model version that scored most of the week's trips (a promotion mid-week leaves two)."""
-    row = current.groupBy("model_version").count().orderBy("count", ascending=False).first()
-    return int(row["model_version"])
+def shadow_week(spark, settings: Settings, service: str, week: str, current) -> dict[str, Any] | None:
+    """The challenger against the champion on the week's trips both scored; None when nothing ran in shadow."""
+    if not lakehouse.exists(settings, lakehouse.SHADOW_PREDICTIONS):
+        return None
+    return shadow.compare(current, scored_week(spark, settings, service, week, lakehouse.SHADOW_PREDICTIONS))
 
 
 def earlier_verdicts(spark, settings: Settings, service: str, week: str) -> list[str]:
@@ -122,6 +129,7 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         judgements = judge_features(specs, records, ref_counts, settings)
         perf = accuracy(current)
         residuals, scatter = accuracy_detail(current, 3000)
+        in_shadow = shadow_week(spark, settings, service, week, current)
     result = verdict(judgements, perf, ref_perf, settings, in_sample=week_months(week)[0] <= seen)
     retrain, retrain_reason = retrain_decision(result["verdict"], earlier_verdicts(spark, settings, service, week),
                                                settings)  # fmt: skip
@@ -138,6 +146,7 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         "current_rows": n_current,
         "known_rows": int(perf.get("n", 0)),
         **result,
+        "coverage_range": [settings.monitor.coverage_min, settings.monitor.coverage_max],
         "retrain": retrain,
         "retrain_reason": retrain_reason,
         "features": {
@@ -146,11 +155,13 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         },  # fmt: skip
         "performance": {k: v for k, v in perf.items() if not k.startswith("n")},
         "reference_performance": {k: v for k, v in ref_perf.items() if not k.startswith("n")},
+        "shadow": in_shadow,
     }
     for name, value in summary["performance"].items():
         records.append({"feature": "_performance", "metric": name, "value": value})
     for name, value in summary["reference_performance"].items():
         records.append({"feature": "_reference_performance", "metric": f"reference_{name}", "value": value})
+    records += shadow.records(in_shadow)
 
     run_id = lakehouse.new_run_id("monitor")
     judged = {(j["feature"], j["rule"]): j for j in judgements}

@@ -2,9 +2,10 @@
 without retraining. Training's gate and this job share :func:`jobs.registry.gate_report`; the report is logged to
 MLflow (experiment ``promote-<service>``) either way, and the alias moves because a person asked for it.
 
-The comparison uses the newest feature month that neither version has seen when one exists (both models are
-re-scored on it); otherwise each version's recorded validation RMSE, and the report says they come from
-different months.
+With ``train.promote_after_shadow_weeks`` set, a version is promoted only after it beat the champion in shadow
+(``taxi shadow``) in each of that many latest monitored weeks. The comparison uses the newest feature month that
+neither version has seen when one exists (both models are re-scored on it); otherwise each version's recorded
+validation RMSE, and the report says they come from different months.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .errors import InputError
 from .features import TARGET
 from .log import JobLog
 from .modeling import experiment_id, load_registered, predict_minutes, regression_metrics, setup_mlflow
+from .monitoring.shadow import weeks_won
 from .months import check_service
 
 
@@ -57,6 +59,23 @@ def comparison(spark, settings: Settings, service: str, target, current) -> dict
     )  # fmt: skip
 
 
+def require_shadow_wins(settings: Settings, service: str, version: int, weeks: int) -> None:
+    """Refuse a promotion the shadow weeks do not support (train.promote_after_shadow_weeks > 0)."""
+    from deltalake import DeltaTable
+
+    rows = None
+    if lakehouse.exists(settings, lakehouse.DRIFT):
+        only = [("service", "=", service), ("feature", "=", "_shadow")]
+        rows = DeltaTable(lakehouse.DRIFT.path(settings)).to_pandas(columns=["week", "metric", "value"], filters=only)
+    if rows is None or rows.empty:
+        raise InputError(f"{settings.registered_model(service)} v{version}: promotion needs {weeks} monitored weeks "
+                         f"of shadow wins (train.promote_after_shadow_weeks); no week ran a shadow yet: put it in "
+                         f"shadow with `taxi shadow --service {service} --version {version}`")  # fmt: skip
+    enough, why = weeks_won(rows, version, weeks)
+    if not enough:
+        raise InputError(f"{settings.registered_model(service)}: {why}")
+
+
 def run(spark, settings: Settings, service: str, version: int | None = None, rollback: bool = False) -> dict:
     check_service(service)
     log = JobLog("promote", service, f"v{version}" if version else "rollback")
@@ -69,6 +88,8 @@ def run(spark, settings: Settings, service: str, version: int | None = None, rol
         version = int(current.tags["previous_champion"])
     target = registry.version(settings, service, version)
     action = "rollback" if rollback else "promote"
+    if not rollback and settings.train.promote_after_shadow_weeks:
+        require_shadow_wins(settings, service, int(target.version), settings.train.promote_after_shadow_weeks)
     if current is not None and str(current.version) == str(target.version):
         log.info("unchanged", reason=f"v{target.version} is already the champion")
         return {"action": action, "changed": False, "champion_version": int(target.version)}

@@ -7,7 +7,7 @@ the registered model has seen: the validation month when it was refit on it), ``
 ``val_rmse``/``val_mae``/``val_rmsle``/``val_bias``/``val_rmse_pu_borough_*`` (the pre-refit model on the
 validation month: out-of-sample), ``training_run_id``, ``reference_profile`` (run id + artifact path).
 The ``champion`` alias moves only through :func:`set_champion`, which records ``previous_champion`` on the new
-version so that a rollback knows where to go.
+version so that a rollback knows where to go. The ``challenger`` alias marks the version scored in shadow.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .config import Settings
 from .errors import InputError, MissingUpstream
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # the version scored in shadow beside the champion
 GATE_REPORT = "gate_report.json"
 
 
@@ -46,10 +47,19 @@ def register(settings: Settings, service: str, model_uri: str, tags: dict[str, A
 
 def champion(settings: Settings, service: str):
     """The champion's ModelVersion, or None before the first promotion."""
+    return by_alias(settings, service, CHAMPION)
+
+
+def challenger(settings: Settings, service: str):
+    """The version in shadow (``taxi shadow``), or None."""
+    return by_alias(settings, service, CHALLENGER)
+
+
+def by_alias(settings: Settings, service: str, alias: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return client().get_model_version_by_alias(settings.registered_model(service), CHAMPION)
+        return client().get_model_version_by_alias(settings.registered_model(service), alias)
     except MlflowException:
         return None
 

@@ -42,6 +42,7 @@ from .registry import gate_decision  # noqa: F401  (the gate rule, re-exported f
 from .spark import free_task_slots
 from .training.artifacts import git_commit, log_native_model, log_plots
 from .training.baselines import linear_zone_pair_distance, zone_pair_median
+from .training.intervals import train_interval
 from .training.learners import assemble, barrier_tasks, fit_lightgbm, fit_xgboost, with_init_score
 
 KEEP = ["trip_id", "pu_borough", "pickup_hour", TARGET]
@@ -254,6 +255,9 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
                                 settings.monitor.bins)  # fmt: skip
         profile_uri = registry.log_reference_profile(mlflow, profile)
         registered = refit(spark, mlflow, settings, best, valid, workers, champion, log) if cfg.refit else best
+        interval_tags = {}
+        if cfg.intervals.enabled:  # calibrated on the validation month, which the quantile models never saw
+            interval_tags = train_interval(mlflow, train, valid, settings, workers, data.valid_month, log).tags
         tags = {
             "flavor": best.model.flavor,
             "candidate": registered.name,
@@ -267,6 +271,7 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
             "training_run_id": best.run_id,
             "reference_profile": profile_uri,
             **registry.validation_tags(best.metrics),
+            **interval_tags,
         }
         decision = gate(mlflow, settings, service, registered, tags, champion, champion_mv, valid, data.valid_month)
         mlflow.log_dict({c.name: {"rmse": c.rmse, "mae": c.metrics["mae"], "rmsle": c.metrics["rmsle"],
@@ -285,6 +290,7 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
         "candidates": {c.name: round(c.rmse, 4) for c in candidates},
         "fit_seconds": {c.name: round(c.fit_seconds, 1) for c in candidates if c.model is not None},
         "candidate_models": {c.name: c.model_uri for c in candidates if c.model_uri},
+        "interval": {k.removeprefix("interval_"): v for k, v in interval_tags.items()},
     }
     log.info("done", **{k: v for k, v in decision.items()}, duration_s=round(log.elapsed(), 1))
     return summary

@@ -46,6 +46,7 @@ SMALL_MODELS = {
     "TAXI__TRAIN__LIGHTGBM__numLeaves": "31",
     "TAXI__TRAIN__LIGHTGBM__learningRate": "0.15",
     "TAXI__TRAIN__WARM_START_ROUNDS": "20",
+    "TAXI__TRAIN__INTERVALS__PARAMS__numIterations": "60",
 }
 
 # Set before any job code loads settings: everything the tests write goes to throwaway lakehouses, and the

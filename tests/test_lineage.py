@@ -31,6 +31,10 @@ def test_a_random_prediction_traces_back_to_its_model_features_version_validatio
     mv = client.get_model_version(found["model"]["name"], str(row["model_version"]))
     assert found["model"]["version"] == row["model_version"] and found["model"]["mlflow_run_id"] == mv.run_id
     assert found["model"]["train_months"] == ["2022-01", "2022-02"] and found["model"]["validation_month"] == "2023-01"
+    assert found["model"]["interval"]["uri"] == mv.tags["interval_uri"]  # and the month that calibrated it
+    assert found["model"]["interval"]["calibration_month"] == "2023-01"
+    assert found["prediction"]["predicted_p10_min"] <= row["predicted_duration_min"] <= found["prediction"][
+        "predicted_p90_min"]  # fmt: skip
     # The features row was read at the Delta version the prediction row records.
     assert found["features"]["delta_version"] == row["features_version"]
     assert found["features"]["features_run_id"]

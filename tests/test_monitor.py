@@ -114,6 +114,13 @@ def test_accuracy_rule_is_relative_to_the_reference_with_an_absolute_ceiling(set
     assert stats.verdict(_judge(settings), {}, {"rmse": 4.0}, settings)["verdict"] == "ok"  # no known durations yet
     inside = stats.verdict(judged, {"rmse": 9.0}, {"rmse": 4.0}, settings, in_sample=True)
     assert inside["verdict"] == "in_sample"
+    # The prediction intervals' coverage: a breach outside [0.75, 0.85], the bounds themselves allowed.
+    assert (m.coverage_min, m.coverage_max) == (0.75, 0.85)
+    for coverage, expected in ((0.7499, "error"), (0.75, "ok"), (0.85, "ok"), (0.8501, "error")):
+        week = stats.verdict(_judge(settings), {"rmse": 4.0, "coverage": coverage}, {"rmse": 4.0}, settings)
+        assert week["verdict"] == expected, (coverage, week)
+    assert "interval coverage 0.700 outside [0.75, 0.85]" in stats.verdict(
+        _judge(settings), {"rmse": 4.0, "coverage": 0.7}, {"rmse": 4.0}, settings)["reasons"]  # fmt: skip
 
 
 @pytest.mark.unit
@@ -156,6 +163,9 @@ def test_every_complete_week_of_the_next_month_is_ok_against_the_out_of_sample_r
         assert summary["reference_performance"]["rmse"] > 3.5
         assert 2.0 < summary["performance"]["rmse"] < summary["rmse_limit"]
         assert 10000 < summary["current_rows"] < 20000 and summary["known_rows"] <= summary["current_rows"]
+        perf = summary["performance"]  # the 80% intervals hold in every week of the month after calibration
+        assert 0.75 <= perf["coverage"] <= 0.85 and 5 < perf["interval_width"] < 40, perf
+        assert perf["coverage_pu_borough_Manhattan"] > 0 and "coverage" not in summary["reference_performance"]
         flag = json.loads((s.reports_dir / f"drift/green/{week}.json").read_text())
         assert set(monitor.SUMMARY_KEYS) <= set(flag) and flag["performance"]["rmse"] == summary["performance"]["rmse"]
     week = golden.summaries["monitor"]

@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import pytest
+from deltalake import DeltaTable
 
 from jobs import lakehouse, train
 from jobs.modeling import load_registered, predict_minutes, regression_metrics, setup_mlflow
@@ -38,6 +39,7 @@ def test_quality_bar_production_settings_reach_4_min_rmse_on_the_next_month(spar
     2023-01): RMSE on every 1-60 min trip of 2023-02, a month it never saw, must be <= 4.0 minutes."""
     s = production(lake)
     s.mlflow.registered_model_prefix = "quality-bar"  # its own registry entry: a first model, no warm start
+    s.train.intervals.enabled = False  # about the point model; the intervals' coverage is test_intervals.py's
     assert s.train.xgboost["n_estimators"] == 600 and s.train.lightgbm["numIterations"] == 600
     summary = train.run(spark, s, "green", "2023-01", months=13)
     assert summary["promoted"] and summary["gate_reason"] == "first model"
@@ -115,10 +117,11 @@ def test_gate_rule_promotes_only_a_strictly_better_candidate(candidate, champion
 
 
 def _quick(settings, learners: list[str], trees: int, warm: bool = False):
-    """One learner, no baselines, no refit: a training run of seconds for the gate's mechanics."""
+    """One learner, no baselines, no refit, no intervals: a training run of seconds for the gate's mechanics."""
     s = settings.model_copy(deep=True)
     s.mlflow.registered_model_prefix = "gate-test"
     s.train.learners, s.train.baselines, s.train.refit, s.train.warm_start = learners, False, False, warm
+    s.train.intervals.enabled = False
     s.train.xgboost = {**s.train.xgboost, "n_estimators": trees}
     return s
 
@@ -191,8 +194,9 @@ def test_registered_version_carries_its_facts_and_the_gate_report(golden):
     assert (report["month"], report["passes"], report["champion"]) == ("2023-01", True, None)
 
 
-def test_promote_moves_the_alias_forward_and_back_and_the_monitor_follows_the_scoring_version(spark, lake):
-    from jobs import monitor, promote
+def test_a_challenger_in_shadow_then_promote_forward_and_back_and_the_monitor_follows_the_scoring_version(spark, lake):
+    from jobs import monitor, promote, score, shadow
+    from jobs.errors import InputError
 
     name = lake.registered_model("green")
     client = mlflow.MlflowClient(tracking_uri=lake.tracking_uri, registry_uri=lake.tracking_uri)
@@ -200,6 +204,36 @@ def test_promote_moves_the_alias_forward_and_back_and_the_monitor_follows_the_sc
     weak.mlflow.registered_model_prefix = lake.mlflow.registered_model_prefix
     forced = train.run(spark, weak, "green", "2023-01", months=13, force=True)
     assert forced["registered_version"] == 2 and not forced["promoted"]  # 3 trees lose to the champion
+
+    # v2 in shadow: scoring 2023-02 with the champion also scores the same trips with v2, into its own table.
+    with pytest.raises(InputError, match="v1 is the champion"):
+        shadow.run(lake, "green", version=1)
+    assert shadow.run(lake, "green", version=2)["challenger_version"] == 2
+    scored = score.run(spark, lake, "green", "2023-02")
+    assert (scored["model_version"], scored["shadow"]["model_version"]) == (1, 2)
+    champion_rows = partition_rows(lake, lakehouse.PREDICTIONS, "green", "2023-02")
+    shadow_rows = partition_rows(lake, lakehouse.SHADOW_PREDICTIONS, "green", "2023-02")
+    assert set(champion_rows.model_version) == {1} and set(shadow_rows.model_version) == {2}  # BI sees no shadow row
+    assert sorted(champion_rows.trip_id) == sorted(shadow_rows.trip_id)
+    assert list(shadow_rows.columns) == list(champion_rows.columns)
+    assert shadow_rows.predicted_p10_min.isna().all()  # v2 was trained without intervals
+    assert scored["shadow"]["rmse_in_training_range"] > scored["rmse_in_training_range"]  # 3 trees
+    week = monitor.run(spark, lake, "green", GOLDEN_WEEK)
+    both = week["shadow"]
+    assert both["challenger_version"] == 2 and both["challenger_wins"] is False and both["known_rows"] > 1000
+    assert both["champion"]["rmse"] == pytest.approx(week["performance"]["rmse"], abs=1e-6)  # the same trips
+    assert both["challenger"]["rmse"] > both["champion"]["rmse"] and "coverage" not in both["challenger"]
+    page = (lake.reports_dir / "drift" / "green" / f"{GOLDEN_WEEK}.html").read_text()
+    assert "Shadow: challenger v2" in page and f"{both['challenger']['rmse']:.3f}" in page
+    drift = DeltaTable(lakehouse.DRIFT.path(lake)).to_pandas()
+    logged = drift[(drift.week == GOLDEN_WEEK) & (drift.feature == "_shadow")].set_index("metric").value
+    assert logged["shadow_challenger_rmse"] == pytest.approx(both["challenger"]["rmse"])
+    strict = lake.model_copy(deep=True)
+    strict.train.promote_after_shadow_weeks = 1
+    with pytest.raises(InputError, match=rf"v2 must win in shadow in each of the latest 1 .*{GOLDEN_WEEK}: v2 lost"):
+        promote.run(spark, strict, "green", version=2)
+    assert shadow.run(lake, "green", stop=True)["stopped_version"] == 2
+    assert "shadow" not in score.run(spark, lake, "green", "2023-02")  # no challenger: the champion alone
 
     up = promote.run(spark, lake, "green", version=2)
     assert up["changed"] and (up["from_version"], up["champion_version"]) == (1, 2)
@@ -224,6 +258,25 @@ def test_promote_moves_the_alias_forward_and_back_and_the_monitor_follows_the_sc
     assert not again["changed"]
 
 
+@pytest.mark.unit
+def test_promotion_after_shadow_needs_each_of_the_latest_weeks_won_by_that_version():
+    import pandas as pd
+
+    from jobs.monitoring.shadow import weeks_won
+
+    def week(w, version, wins):
+        return [(w, "shadow_challenger_version", float(version)), (w, "shadow_challenger_wins", float(wins)),
+                (w, "shadow_challenger_rmse", 4.0)]  # fmt: skip
+
+    rows = pd.DataFrame(week("2023-W05", 3, 0) + week("2023-W06", 4, 1) + week("2023-W07", 4, 1),
+                        columns=["week", "metric", "value"])  # fmt: skip
+    assert weeks_won(rows, 4, 2) == (True, "v4 won in shadow in each of the latest 2 weeks (2023-W06, 2023-W07)")
+    enough, why = weeks_won(rows, 4, 3)
+    assert not enough and "2023-W05: v3 lost, 2023-W06: v4 won, 2023-W07: v4 won" in why
+    assert not weeks_won(rows, 3, 1)[0]  # the latest week was another version's
+    assert not weeks_won(rows.iloc[:0], 4, 1)[0]
+
+
 def test_training_without_enough_feature_months_fails_clearly(spark, golden):
     from jobs.errors import MissingUpstream
 
@@ -244,7 +297,8 @@ def test_scoring_wrote_one_row_per_validated_trip_with_the_champion_version(gold
     assert set(pdf["features_version"]) == {summary["features_version"]}
     expected = {
         "trip_id", "pickup_datetime", "pickup_hour", "PULocationID", "DOLocationID", "pickup_zone", "dropoff_zone",
-        "pickup_borough", "dropoff_borough", "trip_distance", "predicted_duration_min", "actual_duration_min",
+        "pickup_borough", "dropoff_borough", "trip_distance", "predicted_duration_min", "predicted_p10_min",
+        "predicted_p90_min", "actual_duration_min",
         "in_training_range", "model_name", "model_version", "features_version", "scored_at", "scoring_run_id",
         "service", "month",
     }  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..features import TARGET
 from ..modeling import PREDICTION, regression_metrics
+from ..training.intervals import P10, coverage_metrics
 from .stats import CATEGORICAL, CONTINUOUS, BinSpec, bin_specs, binned_counts
 
 PROFILE_COLUMNS = [*CONTINUOUS, *CATEGORICAL, TARGET, "pu_borough", "in_training_range"]
@@ -19,10 +20,14 @@ ARTIFACT = "reference_profile.json"
 
 
 def accuracy(df) -> dict[str, float]:
-    """RMSE, MAE, RMSLE, bias and n over the rows with a duration in the modelled range, plus RMSE by borough."""
+    """RMSE, MAE, RMSLE, bias and n over the rows with a duration in the modelled range, plus RMSE by borough;
+    where the rows carry prediction intervals, their coverage and mean width, overall and by borough."""
     known = df.where("in_training_range")
     perf = regression_metrics(known)
     perf.update({k: v for k, v in regression_metrics(known, by="pu_borough").items() if k.startswith("rmse_")})
+    if P10 in df.columns:
+        perf.update(coverage_metrics(known))
+        perf.update(coverage_metrics(known, by="pu_borough"))
     return perf
 
 

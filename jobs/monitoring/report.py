@@ -142,6 +142,12 @@ def html_report(summary: dict, judgements, records, specs, ref_counts, cur_count
         f"<tr><td>{html.escape(k)}</td><td>{_num(ref_perf.get(k))}</td><td>{_num(perf.get(k))}</td></tr>" for k in keys
     )
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) or "<li>no rule fired</li>"
+    lo, hi = summary.get("coverage_range", (None, None))
+    coverage_rule = (
+        f", or when the share of trips inside their prediction interval (coverage) leaves [{lo}, {hi}]. The reference"
+        " has no coverage: its month calibrated the intervals, so coverage there is fitted, not measured"
+        if "coverage" in perf else ""
+    )  # fmt: skip
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift report {summary["service"]} {week}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{text-align:left}}
@@ -157,12 +163,32 @@ months through {ref["trained_through"]}. Current: {summary["current_rows"]} trip
 MLflow: {mlflow_link}.</p>
 <h2>Accuracy (trips with a known duration)</h2>
 <p>Error when the week's RMSE exceeds {summary["rmse_limit"]:.3f} (the smaller of rmse_ratio x reference RMSE and
-the absolute ceiling).</p>
+the absolute ceiling){coverage_rule}.</p>
 <table id="performance"><tr><th>metric</th><th>reference {ref["month"]}</th><th>week {week}</th></tr>{perf_rows}
 </table>
+{_shadow_section(summary)}
 <h2>Features</h2><p>Judged features drift by their type's rule; calendar and pipeline-state features, and features
 mostly missing in the reference, are shown but do not count toward the verdict.</p>
 <table id="features"><tr><th>feature</th><th>type</th><th>PSI</th><th>JS distance</th><th>KS</th><th>Wasserstein</th>
 <th>rule</th><th>fired</th><th>counts</th></tr>{rows}</table>
 <h2>Plots</h2>{"".join(f"<img src='data:image/png;base64,{i}'/>" for i in images)}
 </body></html>"""
+
+
+def _shadow_section(summary: dict[str, Any]) -> str:
+    """The challenger in shadow against the champion on the same trips (nothing when no challenger scored)."""
+    shadow = summary.get("shadow")
+    if not shadow:
+        return ""
+    champion, challenger = shadow["champion"], shadow["challenger"]
+    keys = sorted(set(champion) | set(challenger), key=lambda k: ("_pu_borough_" in k, k))
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(champion.get(k))}</td><td>{_num(challenger.get(k))}</td>"
+                   "</tr>" for k in keys)  # fmt: skip
+    wins = {True: "the challenger wins (lower RMSE)", False: "the champion wins", None: "no known durations yet"}
+    return f"""<h2>Shadow: challenger v{shadow["challenger_version"]}</h2>
+<p id="shadow-verdict">On the same {shadow["known_rows"]} trips with a known duration:
+{wins[shadow["challenger_wins"]]}.
+The challenger scored them into gold/shadow_predictions (never shown to BI tools); promote it with
+<code>taxi promote --version {shadow["challenger_version"]}</code>.</p>
+<table id="shadow"><tr><th>metric</th><th>champion v{summary["model_version"]}</th>
+<th>challenger v{shadow["challenger_version"]}</th></tr>{rows}</table>"""

@@ -217,10 +217,15 @@ def verdict(judgements, perf: Mapping[str, float], ref_perf: Mapping[str, float]
     key = sorted(set(drifted) & set(m.key_features))
     drift = share >= m.share_of_drifted_features or PREDICTION in drifted or bool(key)
     limit = rmse_limit(ref_perf, settings)
-    error = perf.get("rmse") is not None and perf["rmse"] > limit
+    rmse_breach = perf.get("rmse") is not None and perf["rmse"] > limit
+    coverage = perf.get("coverage")  # None: the week's model has no intervals
+    coverage_breach = coverage is not None and not m.coverage_min <= coverage <= m.coverage_max
+    error = rmse_breach or coverage_breach
     reasons = []
-    if error:
+    if rmse_breach:
         reasons.append(f"rmse {perf['rmse']:.3f} > limit {limit:.3f}")
+    if coverage_breach:
+        reasons.append(f"interval coverage {coverage:.3f} outside [{m.coverage_min}, {m.coverage_max}]")
     if share >= m.share_of_drifted_features:
         reasons.append(f"{share:.0%} of judged features drifted (>= {m.share_of_drifted_features:.0%})")
     if PREDICTION in drifted:
