@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -202,6 +204,23 @@ class Settings(_Section):
     monitor: MonitorConfig = MonitorConfig()
     airflow: AirflowConfig = AirflowConfig()
     sql_server: SqlServerConfig = SqlServerConfig()
+
+    @field_validator("lakehouse", mode="before")
+    @classmethod
+    def _local_lakehouse(cls, value: Any) -> Any:
+        """A local path or ``file://`` URI. Any other scheme is refused here: read as a path, ``s3a://bucket/lake``
+        would silently become a folder named ``s3a:`` inside the project."""
+        text = str(value)
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+        if scheme is None:
+            return value
+        if scheme.group(1).lower() == "file":
+            return urllib.parse.unquote(urllib.parse.urlparse(text).path)
+        raise ValueError(
+            f"lakehouse {text}: the jobs read and write the lakehouse through local paths only, so a "
+            f"{scheme.group(1)}:// URI is refused rather than read as a relative folder; use a local path or a shared "
+            "POSIX file system (NFS) mounted at the same path on every machine"
+        )
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -71,6 +74,10 @@ def test_env_overrides_and_overlay_file(tmp_path):
     assert s.train.xgboost["learning_rate"] == defaults.train.xgboost["learning_rate"]
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "16"
     assert s.tracking_uri == "http://mlflow:5000"
+    # Keys below a section's fields keep their case at any depth; section and field names do not care.
+    deep = load_settings(env={"TAXI__TRAIN__INTERVALS__PARAMS__numIterations": "7",
+                              "TAXI__MONITOR__COVERAGE_MIN": "0.7"})  # fmt: skip
+    assert deep.train.intervals.params == {"numIterations": 7} and deep.monitor.coverage_min == 0.7
 
 
 @pytest.mark.parametrize(
@@ -80,11 +87,23 @@ def test_env_overrides_and_overlay_file(tmp_path):
         ({"TAXI__SPARK__MASTER": "ftp://x"}, "unsupported Spark master"),
         ({"TAXI__FEATURES__NO_SUCH_KEY": "1"}, "no_such_key"),
         ({"TAXI_CONF": "/nonexistent.yaml"}, "config file not found"),
+        ({"TAXI_LAKEHOUSE": "s3a://taxi-bucket/lake"}, "lakehouse s3a://taxi-bucket/lake: .* s3a:// URI is refused"),
+        ({"TAXI_LAKEHOUSE": "abfss://c@acct.dfs.core.windows.net/lake"}, "abfss:// URI is refused"),
+        ({"TAXI__MONITOR__COVERAGE_MIN": "0.9"}, "coverage_min must be below coverage_max"),
     ],
 )
 def test_invalid_config_names_the_key(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env=env)
+
+
+def test_an_object_store_lakehouse_is_refused_at_start_up_and_nothing_is_written(tmp_path):
+    env = {**os.environ, "TAXI_LAKEHOUSE": "s3a://taxi-bucket/lake"}
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--service", "green", "--month", "2023-01"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "s3a:// URI is refused" in out.stderr, out.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == [] and not (ROOT / "s3a:").exists()  # no folder named after the scheme
+    assert load_settings(env={"TAXI_LAKEHOUSE": f"file://{tmp_path}/lake"}).lakehouse == tmp_path / "lake"
 
 
 @pytest.mark.parametrize("bad", ["2023-13", "2023-00", "../x", "2023-1", "23-01", "", "2023-01; rm -rf /"])
