@@ -204,6 +204,11 @@ def test_relanding_a_month_makes_the_features_built_on_it_stale_until_they_are_r
     refresh = "`taxi features --service green --month 2023-01 && taxi features --service green --month 2023-02`"
     with pytest.raises(MissingUpstream, match=r"green features are stale for 2023-01, 2023-02 .*" + re.escape(refresh)):
         train.run(spark, lake, "green", "2023-02", months=13)
+    # --allow-stale goes past the refusal (to the next check: the champion has seen 2023-01, so nothing is trained).
+    with pytest.raises(MissingUpstream, match="green features are stale for 2023-01"):
+        train.run(spark, lake, "green", "2023-01", months=13)
+    overridden = train.run(spark, lake, "green", "2023-01", months=13, allow_stale=True)
+    assert "champion v1 has seen months through 2023-01" in overridden["skipped"]
     for month in ("2023-01", "2023-02"):
         features.run(spark, lake, "green", month)
     assert freshness.stale_months(lake, "green", list(GOLDEN_GREEN)) == {}
