@@ -144,17 +144,18 @@ def _announced(env) -> list[str]:
     return [json.loads(extra or "{}").get("month") for (extra,) in rows]
 
 
-def _task_instances(env) -> list[tuple[str, str, str, int]]:
-    """(logical month, task, state, try number) of every task instance of the live DAG."""
-    rows = airflow_db(env, "select r.logical_date, t.task_id, t.state, t.try_number from task_instance t join dag_run r"
-                     " on t.dag_id = r.dag_id and t.run_id = r.run_id where t.dag_id = ? order by r.logical_date, "
-                     "t.start_date", LIVE_DAG)  # fmt: skip
-    return [(str(logical)[:7], task, state, tries) for logical, task, state, tries in rows]
+def _task_instances(env) -> list[tuple[str, str, str, int, str]]:
+    """(logical month, task, state, try number, run id) of every task instance of the live DAG."""
+    rows = airflow_db(env, "select r.logical_date, t.task_id, t.state, t.try_number, t.run_id from task_instance t "
+                     "join dag_run r on t.dag_id = r.dag_id and t.run_id = r.run_id where t.dag_id = ? order by "
+                     "r.logical_date, t.start_date", LIVE_DAG)  # fmt: skip
+    return [(str(logical)[:7], task, state, tries, run_id) for logical, task, state, tries, run_id in rows]
 
 
 def _no_failure(env) -> None:
-    """Fails the test at once when a run or a task failed or waits for a retry: no waiting out the deadline."""
-    broken = [ti for ti in _task_instances(env) if ti[2] in ("failed", "upstream_failed", "up_for_retry")]
+    """Fails the test at once when a run or a task failed for good: no waiting out the deadline. A task waiting for
+    a retry is not a failure (retries are how Airflow recovers, e.g. from a state update lost to sqlite's lock)."""
+    broken = [ti for ti in _task_instances(env) if ti[2] in ("failed", "upstream_failed")]
     runs = sorted(_runs(env, LIVE_DAG).values())
     assert not broken and all(state != "failed" for _, state in runs), _diagnosis(env)
 
@@ -162,11 +163,12 @@ def _no_failure(env) -> None:
 def _diagnosis(env) -> str:
     """Every task instance's state, and the log tails of the tasks that did not end well, and of the scheduler."""
     home = Path(env["AIRFLOW_HOME"])
-    lines = ["task instances (month, task, state, try):", *(f"  {ti}" for ti in _task_instances(env))]
-    for month, task, state, _ in _task_instances(env):
+    instances = _task_instances(env)
+    lines = ["task instances (month, task, state, try, run id):", *(f"  {ti}" for ti in instances)]
+    for _, task, state, _, run_id in instances:
         if state in ("success", "skipped", "up_for_reschedule", None):
             continue
-        for log in sorted((home / "logs").glob(f"dag_id={LIVE_DAG}/run_id=*{month}*/task_id={task}/attempt=*.log")):
+        for log in sorted((home / "logs").glob(f"dag_id={LIVE_DAG}/run_id={run_id}/task_id={task}/attempt=*.log")):
             tail = log.read_text(errors="replace").splitlines()[-40:]
             lines += [f"--- {log.relative_to(home)} (last 40 lines)", *tail]
     standalone = home.parent / "standalone.log"
@@ -192,7 +194,10 @@ def test_live_calendar_waits_for_the_next_month_trains_once_per_new_month_and_a_
             "TAXI__AIRFLOW__START_DATE": "2023-01-01",
             "TAXI__AIRFLOW__END_DATE": "2023-02-01",
             "TAXI__AIRFLOW__CATCHUP": "true",
-            "TAXI__AIRFLOW__PUBLICATION_POKE_S": "5",
+            # Not shorter: when a reschedule comes due before the scheduler has processed the executor's event for
+            # the previous check, Airflow marks the task up_for_retry ("finished with state success, but the task
+            # instance's state attribute is queued"); measured in CI with 5 s. Its retries recover it anyway.
+            "TAXI__AIRFLOW__PUBLICATION_POKE_S": "30",
             # The wait's deadline counts from the month's end on the real clock: 2023 months are years old today.
             "TAXI__AIRFLOW__PUBLICATION_TIMEOUT_DAYS": "36500",
             "TAXI__DATA__SOURCE_URL_TEMPLATE": url + "/{service}_tripdata_{month}.parquet",
