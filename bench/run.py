@@ -222,6 +222,43 @@ def training_vs_single(spark, settings, until: str) -> dict:
     return out
 
 
+def overlapping(trials: list[dict]) -> int:
+    """Pairs of trials whose [start, end] overlap: > 0 shows trials ran at the same time."""
+    return sum(a["start"] < b["end"] and b["start"] < a["end"] for i, a in enumerate(trials) for b in trials[i + 1 :])
+
+
+def tuning_parallel_vs_distributed(spark, settings, service: str, until: str, months: int, trials: int = 4) -> dict:
+    """`taxi train --tune`: the same trials one at a time, each a fit over both task slots (parallel_trials 1),
+    against two at a time over one slot each (parallel_trials 2); xgboost, same seed and search space."""
+    import mlflow
+
+    from jobs import train
+    from jobs.log import JobLog
+    from jobs.modeling import experiment_id, setup_mlflow
+    from jobs.training import tuning
+
+    data = train.load_training_data(spark, settings, service, until, months)
+    rows = data.train.cache()
+    rows.count()
+    setup_mlflow(settings)
+    out = {"trials": trials, "train_months": data.train_months}
+    with mlflow.start_run(experiment_id=experiment_id(settings, "bench-tuning")) as parent:
+        for learner in ("xgboost", "lightgbm"):
+            for parallel in (1, 2):
+                s = settings.model_copy(deep=True)
+                s.train.tune.parallel_trials = parallel
+                log = JobLog("bench-tune", service, until)
+                result, seconds, mem = timed(tuning.tune, spark, s, learner, rows, data.train_months, trials, None,
+                                             2, parent, log)  # fmt: skip
+                out[f"{learner}_parallel_{parallel}"] = {
+                    "seconds": round(seconds, 2), "peak_mib": mem, "best_tuning_rmse": round(result.tuning_rmse, 4),
+                    "overlapping_trials": overlapping(result.trials)}  # fmt: skip
+            out[f"{learner}_parallel_2_vs_1_time_ratio"] = round(
+                out[f"{learner}_parallel_2"]["seconds"] / out[f"{learner}_parallel_1"]["seconds"], 2)  # fmt: skip
+    rows.unpersist()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="0.25M rows only")
@@ -289,6 +326,11 @@ def main(argv=None) -> int:
         print(f"  {rows} rows: " + ", ".join(f"{k} {v['seconds']}s" for k, v in stages.items()), flush=True)
 
     result["training"] = training_vs_single(spark, settings, comparison_month(sizes))
+    # A search needs two training months before the validation month: three months, so not with --quick.
+    result["tuning"] = (
+        tuning_parallel_vs_distributed(spark, settings, "yellow", bench_month(len(sizes) - 1), len(sizes) + 1)
+        if len(sizes) >= 2 else {}
+    )  # fmt: skip
     t = result["training"]
     last = result["sizes"][str(sizes[-1])]
     result.update(
@@ -301,6 +343,8 @@ def main(argv=None) -> int:
             ),
             "train_xgb_spark_vs_single_ratio": round(t["xgb_spark_seconds"] / t["xgb_single_seconds"], 2),
             "train_lgbm_spark_vs_single_ratio": round(t["lgbm_spark_seconds"] / t["lgbm_single_seconds"], 2),
+            "tuning_xgb_parallel_2_vs_1_time_ratio": result["tuning"].get("xgboost_parallel_2_vs_1_time_ratio"),
+            "tuning_lgbm_parallel_2_vs_1_time_ratio": result["tuning"].get("lightgbm_parallel_2_vs_1_time_ratio"),
             "validation_share_of_pipeline": last["validation_share_of_pipeline"],
             "validation_vs_plain_filter_ratio": last["validation_vs_plain_filter_ratio"],
             "rows_4x_time_ratio": (
@@ -355,6 +399,9 @@ def markdown(r: dict) -> str:
         f"| validation share of the pipeline | {r['validation_share_of_pipeline']} | ≤ 0.25 |",
         f"| GX validation ÷ plain Spark filter (same rules) | {r['validation_vs_plain_filter_ratio']} | |",
         f"| pipeline time at 4× rows (1M ÷ 0.25M) | {r['rows_4x_time_ratio']} | ≤ 4.4 |",
+        f"| --tune XGBoost: 2 single-slot trials at once ÷ one 2-slot trial at a time | "
+        f"{r['tuning_xgb_parallel_2_vs_1_time_ratio']} | < 1: parallel_trials 2 |",
+        f"| --tune LightGBM: same | {r['tuning_lgbm_parallel_2_vs_1_time_ratio']} | < 1: parallel_trials 2 |",
     ]
     return "\n".join(lines) + "\n"
 

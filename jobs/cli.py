@@ -36,6 +36,22 @@ def _month(v: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _non_negative(v: str) -> int:
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v!r}")
+    return int(v)
+
+
+def _positive_minutes(v: str) -> float:
+    try:
+        minutes = float(v)
+    except ValueError:
+        minutes = 0.0
+    if not minutes > 0:
+        raise argparse.ArgumentTypeError(f"expected minutes > 0, got {v!r}")
+    return minutes
+
+
 def _week(v: str) -> str:
     try:
         return check_week(v)
@@ -93,6 +109,10 @@ def cmd_features(settings, args):
 def cmd_train(settings, args):
     from . import train
 
+    if args.tune is not None or args.tune_minutes is not None:  # the flags override train.tune for this run
+        settings = settings.model_copy(deep=True)
+        settings.train.tune.trials = args.tune if args.tune is not None else settings.train.tune.trials
+        settings.train.tune.minutes = args.tune_minutes or settings.train.tune.minutes
     return _with_spark(
         settings,
         args,
@@ -305,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train even when a month's features were built from validated data that has been re-validated since "
         "(by default such a window is refused, naming the `taxi features` runs that refresh it)",
+    )
+    p.add_argument(
+        "--tune",
+        type=_non_negative,
+        metavar="N",
+        help="search each learner's hyperparameters (train.tune.space) with N Optuna trials first, stopping early "
+        "on the last training month; the best become a '<learner>-tuned' candidate in the gate "
+        "(default: train.tune.trials)",
+    )
+    p.add_argument(
+        "--tune-minutes",
+        type=_positive_minutes,
+        metavar="M",
+        help="time budget per learner for --tune (a started trial finishes); alone, trials run until it ends",
     )
     p.set_defaults(func=cmd_train)
 

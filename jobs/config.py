@@ -121,6 +121,35 @@ class IntervalConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)  # overrides of train.lightgbm for the two quantile models
 
 
+class SearchDim(_Section):
+    """One hyperparameter's range for `taxi train --tune`: ``low``..``high`` (``log``: sampled on a log scale,
+    ``type: int``: whole numbers), or a list of ``choices``."""
+
+    type: Literal["float", "int"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self):
+        if self.choices is None and (self.low is None or self.high is None or not self.low < self.high):
+            raise ValueError("a search dimension needs low < high, or choices")
+        if self.log and self.choices is None and self.low <= 0:
+            raise ValueError("a log-scale search dimension needs low > 0")
+        return self
+
+
+class TuneConfig(_Section):
+    """Hyperparameter search per learner (Optuna TPE) before the gate; off unless trials > 0 or --tune N."""
+
+    trials: int = Field(0, ge=0)  # trials per learner (--tune N)
+    minutes: float | None = Field(None, gt=0)  # time budget per learner (--tune-minutes); None: trials only
+    parallel_trials: int = Field(2, ge=1)  # trials at once, each over free slots / parallel_trials workers
+    early_stopping_rounds: int = Field(30, ge=1)  # on the tuning month; the learner's rounds are the ceiling
+    space: dict[str, dict[str, SearchDim]] = Field(default_factory=dict)  # learner -> param -> range
+
+
 class TrainConfig(_Section):
     months: int = Field(12, ge=1)
     learners: list[Literal["xgboost", "lightgbm"]] = Field(default_factory=lambda: list(LEARNERS))
@@ -134,6 +163,7 @@ class TrainConfig(_Section):
     xgboost: dict[str, Any] = Field(default_factory=dict)
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     intervals: IntervalConfig = IntervalConfig()
+    tune: TuneConfig = TuneConfig()
     # `taxi promote --version N` needs N to have beaten the champion in shadow in each of the latest this-many
     # monitored weeks (0: no shadow record needed).
     promote_after_shadow_weeks: int = Field(0, ge=0)

@@ -18,6 +18,7 @@ from .features import MODEL_FEATURES, TARGET
 
 PREDICTION = "predicted_duration_min"
 HOUR_BANDS = [("night", 0, 6), ("morning_peak", 6, 10), ("midday", 10, 16), ("evening_peak", 16, 20), ("late", 20, 24)]
+DISTANCE_BANDS = [("0-1mi", 0, 1), ("1-2mi", 1, 2), ("2-5mi", 2, 5), ("5-10mi", 5, 10), ("10mi_plus", 10, None)]
 
 
 @dataclass
@@ -150,23 +151,44 @@ def aggregate(df, aggs: list, by: str | None = None) -> dict[str, float]:
     return out
 
 
-def with_hour_band(df):
+def with_bands(df):
+    """``hour_band`` from ``pickup_hour`` and, where ``trip_distance`` is present, ``distance_band`` (miles)."""
     from pyspark.sql import functions as F
 
-    expr = F.lit(None).cast("string")
-    for name, lo, hi in HOUR_BANDS:
-        expr = F.when((F.col("pickup_hour") >= lo) & (F.col("pickup_hour") < hi), F.lit(name)).otherwise(expr)
-    return df.withColumn("hour_band", expr)
+    def banded(frame, column: str, bands, name: str):
+        expr = F.lit(None).cast("string")
+        for label, lo, hi in bands:
+            inside = F.col(column) >= lo if hi is None else (F.col(column) >= lo) & (F.col(column) < hi)
+            expr = F.when(inside, F.lit(label)).otherwise(expr)
+        return frame.withColumn(name, expr)
+
+    df = banded(df, "pickup_hour", HOUR_BANDS, "hour_band")
+    return banded(df, "trip_distance", DISTANCE_BANDS, "distance_band") if "trip_distance" in df.columns else df
 
 
 def full_metrics(predictions) -> dict[str, float]:
-    """Overall metrics plus RMSE/MAE per pickup borough and per hour band."""
-    pred = with_hour_band(predictions)
-    metrics = regression_metrics(pred)
-    for by in ("pu_borough", "hour_band"):
-        metrics.update(
-            {k: v for k, v in regression_metrics(pred, by=by).items() if k.startswith(("rmse_", "mae_", "n_"))}
-        )
+    """Overall metrics plus RMSE/MAE per pickup borough, hour band and (with ``trip_distance``) distance band.
+
+    One aggregation over the predictions: each row is counted once overall and once in each of its groups.
+    """
+    from pyspark.sql import functions as F
+
+    pred = with_bands(predictions)
+    dims = [d for d in ("pu_borough", "hour_band", "distance_band") if d in pred.columns]
+    keys = [F.struct(F.lit("").alias("dim"), F.lit("").alias("grp"))]
+    keys += [F.struct(F.lit(d).alias("dim"), F.col(d).cast("string").alias("grp")) for d in dims]
+    exploded = pred.select("*", F.explode(F.array(*keys)).alias("_key"))
+    rows = exploded.groupBy("_key.dim", "_key.grp").agg(*metric_exprs()).collect()
+    metrics: dict[str, float] = {}
+    for row in rows:
+        d = row.asDict()
+        dim, grp = d.pop("dim"), d.pop("grp")
+        if dim == "":
+            metrics.update({k: float(v) for k, v in d.items() if v is not None})
+            continue
+        key = str(grp).replace(" ", "_").replace("/", "_")
+        metrics.update({f"{k}_{dim}_{key}": float(v) for k, v in d.items()
+                        if v is not None and k in ("rmse", "mae", "n")})  # fmt: skip
     return metrics
 
 

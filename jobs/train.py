@@ -5,9 +5,11 @@ Window: the ``--months`` feature months up to and including ``--until``; the las
 validation month (a time-based split), the earlier ones are the training months. Rows are filtered to the
 training range (``in_training_range``) here and only here. The target is learned as ``log1p(minutes)``.
 
-Candidates: each learner from scratch and, when a champion exists, warm-started from it ("fine-tuning the
-pre-trained model": more boosting rounds on the training months it has not seen). Two baselines are logged on the
-same split for reference: the zone-pair median and a linear regression on zone pair + distance.
+Candidates: each learner from scratch, with tuned hyperparameters when a search is asked for (``--tune``: see
+``training/tuning.py``; it never sees the validation month) and, when a champion exists, warm-started from it
+("fine-tuning the pre-trained model": more boosting rounds on the training months it has not seen). Two baselines
+are logged on the same split for reference: the zone-pair median and a linear regression on zone pair + distance.
+Every candidate lands in the run's bake-off report (``training/bakeoff.py``).
 
 Honest numbers: a window whose validation month the champion has already seen (``trained_through`` tag) registers
 nothing unless forced, so the gate always compares both models on a month neither trained on. The best candidate
@@ -18,13 +20,13 @@ before the refit); it takes the ``champion`` alias only if it beats the champion
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import freshness, lakehouse, registry
 from .config import Settings
 from .errors import MissingUpstream
-from .features import MODEL_FEATURES, TARGET
+from .features import MODEL_FEATURES
 from .log import JobLog
 from .modeling import (
     PREDICTION,
@@ -33,19 +35,18 @@ from .modeling import (
     full_metrics,
     load_registered,
     predict_minutes,
-    regression_metrics,
     setup_mlflow,
 )
 from .monitoring.profile import PROFILE_COLUMNS, build_profile
 from .months import check_month, check_service, month_window
 from .registry import gate_decision  # noqa: F401  (the gate rule, re-exported for callers of train)
 from .spark import free_task_slots
+from .training import bakeoff, tuning
 from .training.artifacts import git_commit, log_native_model, log_plots
 from .training.baselines import linear_zone_pair_distance, zone_pair_median
 from .training.intervals import train_interval
 from .training.learners import assemble, barrier_tasks, fit_lightgbm, fit_xgboost, with_init_score
-
-KEEP = ["trip_id", "pu_borough", "pickup_hour", TARGET]
+from .training.selection import KEEP, Candidate, gate, refit
 
 
 @dataclass
@@ -57,25 +58,6 @@ class TrainingData:
     valid_month: str
     features_version: int
     features_path: str
-
-
-@dataclass
-class Candidate:
-    name: str
-    learner: str  # xgboost | lightgbm | baseline
-    metrics: dict[str, float]
-    fit_seconds: float
-    run_id: str
-    model: NativeModel | None = None
-    model_uri: str | None = None
-    warm_start: bool = False
-    params: dict[str, Any] = field(default_factory=dict)
-    train_tasks: int = 0
-    train_data: Any = None  # the rows it was fitted on (a refit adds the validation month to them)
-
-    @property
-    def rmse(self) -> float:
-        return self.metrics["rmse"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,9 +205,11 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
             evaluate("baseline-linear-pu-do-distance", "baseline", linear_zone_pair_distance(train, valid),
                      time.monotonic() - t)  # fmt: skip
 
-        for learner, params, init, rows in candidate_plans(settings, data, train, champion, champion_mv, log):
+        tuned = tuning.tune_learners(spark, settings, train, data.train_months, workers, parent, log)
+        for name, learner, params, init, rows in candidate_plans(settings, data, train, champion, champion_mv, log,
+                                                                 tuned):  # fmt: skip
             fit = fit_xgboost if learner == "xgboost" else fit_lightgbm
-            group = f"train-{learner}-{'warm' if init else 'scratch'}-{parent.info.run_id[:8]}"
+            group = f"train-{name}-{parent.info.run_id[:8]}"
             spark.sparkContext.setJobGroup(group, group)
             t = time.monotonic()
             data_vec = (train_vec if rows is train else assemble(rows)) if init is None or learner == "xgboost" \
@@ -235,7 +219,7 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
             spark.sparkContext.setJobGroup("", "")
             model = NativeModel.from_booster(booster)
             evaluate(
-                f"{learner}-{'warm-start' if init else 'scratch'}",
+                name,
                 learner,
                 predict_minutes(valid, model, KEEP),
                 seconds,
@@ -278,6 +262,16 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
                                   "fit_seconds": c.fit_seconds} for c in candidates}, "candidates.json")  # fmt: skip
         mlflow.set_tags({k: str(v) for k, v in decision.items()})
         mlflow.log_metric("best_rmse", best.rmse)
+        speed_sample = valid.select(*MODEL_FEATURES).limit(20000).toPandas()
+        interval = {k.removeprefix("interval_"): float(v) for k, v in interval_tags.items()
+                    if k in ("interval_coverage", "interval_raw_coverage")}  # fmt: skip
+        report_path = bakeoff.publish(mlflow, settings, {
+            "service": service, "run_id": parent.info.run_id, "valid_month": data.valid_month,
+            "train_months": data.train_months, "tuning_month": tuning.tuning_month(data.train_months, tuned),
+            "registered_version": decision["registered_version"], "gate_reason": decision["gate_reason"],
+            "rows": [bakeoff.row(c, best.name, speed_sample, interval) for c in candidates],
+            "tuning": [vars(t) for t in tuned.values()],
+        })  # fmt: skip
     train_vec.unpersist()
     train.unpersist()
     valid.unpersist()
@@ -291,19 +285,31 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
         "fit_seconds": {c.name: round(c.fit_seconds, 1) for c in candidates if c.model is not None},
         "candidate_models": {c.name: c.model_uri for c in candidates if c.model_uri},
         "interval": {k.removeprefix("interval_"): v for k, v in interval_tags.items()},
+        "tuning": {
+            t.learner: {
+                "tuning_month": t.tuning_month,
+                "tuning_rmse": round(t.tuning_rmse, 4),
+                "trials": len(t.trials),
+                "params": t.params,
+            }
+            for t in tuned.values()
+        },  # fmt: skip
+        "bakeoff": str(report_path),
     }
     log.info("done", **{k: v for k, v in decision.items()}, duration_s=round(log.elapsed(), 1))
     return summary
 
 
-def candidate_plans(settings: Settings, data: TrainingData, train, champion, champion_mv, log):
-    """(learner, params, init model, rows) per candidate: each learner from scratch on the window, and the
-    champion continued on the training months it has not seen (none left: no warm start)."""
+def candidate_plans(settings: Settings, data: TrainingData, train, champion, champion_mv, log, tuned=None):
+    """(name, learner, params, init model, rows) per candidate: each learner from scratch on the window, with its
+    tuned parameters when a search ran, and the champion continued on the training months it has not seen (none
+    left: no warm start)."""
     from pyspark.sql import functions as F
 
     cfg = settings.train
     fits = {"xgboost": cfg.xgboost, "lightgbm": cfg.lightgbm}
-    plans = [(learner, fits[learner], None, train) for learner in cfg.learners]
+    plans = [(f"{learner}-scratch", learner, fits[learner], None, train) for learner in cfg.learners]
+    plans += [(f"{learner}-tuned", learner, t.params, None, train) for learner, t in (tuned or {}).items()]
     if champion is None or not cfg.warm_start:
         return plans
     seen = registry.trained_through(champion_mv) or ""
@@ -313,65 +319,5 @@ def candidate_plans(settings: Settings, data: TrainingData, train, champion, cha
         return plans
     params = dict(fits[champion.flavor])
     params["n_estimators" if champion.flavor == "xgboost" else "numIterations"] = cfg.warm_start_rounds
-    return [*plans, (champion.flavor, params, champion, train.where(F.col("month").isin(unseen)))]
-
-
-def refit(spark, mlflow, settings: Settings, best: Candidate, valid, workers: int, champion, log) -> Candidate:
-    """Refit the chosen learner on its training rows + the validation month (the model to register).
-
-    Its validation metrics stay those of the pre-refit fit: the refit model has seen the validation month.
-    """
-    cfg = settings.train
-    fit = fit_xgboost if best.learner == "xgboost" else fit_lightgbm
-    t = time.monotonic()
-    both = best.train_data.unionByName(valid)
-    init = champion if best.warm_start else None
-    data = with_init_score(both, init) if init is not None and best.learner == "lightgbm" else assemble(both)
-    booster = fit(data, dict(best.params), workers, cfg.seed, init)
-    seconds = time.monotonic() - t
-    model = NativeModel.from_booster(booster)
-    with mlflow.start_run(run_name=f"{best.name}-refit", nested=True) as child:
-        mlflow.set_tags({"learner": best.learner, "refit_of": best.run_id, "warm_start": best.warm_start})
-        mlflow.log_params({f"hp_{k}": v for k, v in best.params.items()})
-        mlflow.log_metrics({**{f"prerefit_{k}": v for k, v in best.metrics.items()}, "fit_seconds": seconds})
-        uri = log_native_model(mlflow, model, valid.select(*MODEL_FEATURES).limit(5).toPandas())
-    log.info("refit", name=best.name, fit_s=round(seconds, 1))
-    return Candidate(f"{best.name}-refit", best.learner, best.metrics, seconds, child.info.run_id, model, uri,
-                     best.warm_start, best.params)  # fmt: skip
-
-
-def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[str, Any], champion, champion_mv,
-         valid, valid_month: str) -> dict[str, Any]:  # fmt: skip
-    """Register the best learner; give it the champion alias only if it beats the champion by the margin."""
-    champion_rmse = None
-    if champion is not None:
-        champion_rmse = regression_metrics(predict_minutes(valid, champion, KEEP))["rmse"]
-    mv = registry.register(settings, service, best.model_uri, tags)
-    seen = registry.trained_through(champion_mv)
-    report = registry.gate_report(
-        settings,
-        {"version": int(mv.version), "rmse": best.rmse, "trained_through": tags["trained_through"]},
-        {"version": int(champion_mv.version), "rmse": champion_rmse, "trained_through": seen} if champion else None,
-        valid_month,
-        "validation month: unseen by the candidate and the champion" if champion is None or (seen or "") < valid_month
-        else "validation month: seen by the champion (--force)",
-    )  # fmt: skip
-    mlflow.log_dict(report, registry.GATE_REPORT)
-    c = registry.client()
-    name = settings.registered_model(service)
-    if report["passes"]:
-        registry.set_champion(settings, service, mv.version, champion_mv.version if champion_mv else None)
-        c.set_model_version_tag(name, mv.version, "gate", "promoted")
-    else:
-        c.set_model_version_tag(name, mv.version, "gate", "rejected")
-        c.set_model_version_tag(name, mv.version, "rejected_reason", report["reason"])
-    return {
-        "registered_model": name,
-        "registered_version": int(mv.version),
-        "best_candidate": best.name,
-        "best_rmse": round(best.rmse, 4),
-        "champion_rmse_before": round(champion_rmse, 4) if champion_rmse is not None else None,
-        "promoted": report["passes"],
-        "gate_reason": report["reason"],
-        "champion_version": int(mv.version) if report["passes"] else int(champion_mv.version),
-    }
+    return [*plans, (f"{champion.flavor}-warm-start", champion.flavor, params, champion,
+                     train.where(F.col("month").isin(unseen)))]  # fmt: skip

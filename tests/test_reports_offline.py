@@ -89,8 +89,8 @@ def test_the_overview_puts_months_side_by_side_with_rule_changes_and_links(tmp_p
 
 @pytest.mark.slow
 def test_every_report_renders_offline_in_chromium(golden, tmp_path):
-    """Data Docs index (its table exists only if bootstrap-table ran), a validation-result page and the drift report
-    with the network off: styled by Bootstrap (a computed style), no network load attempted, and no page or
+    """Data Docs index (its table exists only if bootstrap-table ran), a validation-result page, the drift report and
+    the bake-off with the network off: styled by Bootstrap (a computed style), no network load attempted, and no page or
     stylesheet under reports/ that loads anything from the network."""
     reports = golden.settings.reports_dir
     site = reports / "validation/gx/uncommitted/data_docs/local_site"
@@ -104,7 +104,9 @@ def test_every_report_renders_offline_in_chromium(golden, tmp_path):
     assert overview["tables"] == 1 and "2023-02" in overview["text"] and "passed" in overview["text"]
     drift = chromium_probe(next((reports / "drift" / "green").glob("*.html")), tmp_path)
     assert drift["tables"] > 1 and "PSI" in drift["text"]
-    for probe in (index, result, overview, drift):
+    bakeoff = chromium_probe(next((reports / "bakeoff" / "green").glob("*.html")), tmp_path)
+    assert bakeoff["tables"] >= 4 and "baseline-zone-pair-median" in bakeoff["text"], bakeoff
+    for probe in (index, result, overview, drift, bakeoff):
         assert probe["remote"] == [], probe["remote"]
     leftovers = {str(p): offline.remote_loads(p.read_text(errors="ignore"))
                  for p in [*reports.rglob("*.html"), *reports.rglob("*.css")]}  # fmt: skip

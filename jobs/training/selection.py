@@ -1,0 +1,96 @@
+"""Choosing what to register: the refit of the best candidate and the registry gate against the champion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import registry
+from ..config import Settings
+from ..features import MODEL_FEATURES, TARGET
+from ..modeling import NativeModel, predict_minutes, regression_metrics
+from .artifacts import log_native_model
+from .learners import assemble, fit_lightgbm, fit_xgboost, with_init_score
+
+KEEP = ["trip_id", "pu_borough", "pickup_hour", "trip_distance", TARGET]
+
+
+@dataclass
+class Candidate:
+    name: str
+    learner: str  # xgboost | lightgbm | baseline
+    metrics: dict[str, float]
+    fit_seconds: float
+    run_id: str
+    model: NativeModel | None = None
+    model_uri: str | None = None
+    warm_start: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    train_tasks: int = 0
+    train_data: Any = None  # the rows it was fitted on (a refit adds the validation month to them)
+
+    @property
+    def rmse(self) -> float:
+        return self.metrics["rmse"]
+
+
+def refit(spark, mlflow, settings: Settings, best: Candidate, valid, workers: int, champion, log) -> Candidate:
+    """Refit the chosen learner on its training rows + the validation month (the model to register).
+
+    Its validation metrics stay those of the pre-refit fit: the refit model has seen the validation month.
+    """
+    cfg = settings.train
+    fit = fit_xgboost if best.learner == "xgboost" else fit_lightgbm
+    t = time.monotonic()
+    both = best.train_data.unionByName(valid)
+    init = champion if best.warm_start else None
+    data = with_init_score(both, init) if init is not None and best.learner == "lightgbm" else assemble(both)
+    booster = fit(data, dict(best.params), workers, cfg.seed, init)
+    seconds = time.monotonic() - t
+    model = NativeModel.from_booster(booster)
+    with mlflow.start_run(run_name=f"{best.name}-refit", nested=True) as child:
+        mlflow.set_tags({"learner": best.learner, "refit_of": best.run_id, "warm_start": best.warm_start})
+        mlflow.log_params({f"hp_{k}": v for k, v in best.params.items()})
+        mlflow.log_metrics({**{f"prerefit_{k}": v for k, v in best.metrics.items()}, "fit_seconds": seconds})
+        uri = log_native_model(mlflow, model, valid.select(*MODEL_FEATURES).limit(5).toPandas())
+    log.info("refit", name=best.name, fit_s=round(seconds, 1))
+    return Candidate(f"{best.name}-refit", best.learner, best.metrics, seconds, child.info.run_id, model, uri,
+                     best.warm_start, best.params)  # fmt: skip
+
+
+def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[str, Any], champion, champion_mv,
+         valid, valid_month: str) -> dict[str, Any]:  # fmt: skip
+    """Register the best learner; give it the champion alias only if it beats the champion by the margin."""
+    champion_rmse = None
+    if champion is not None:
+        champion_rmse = regression_metrics(predict_minutes(valid, champion, KEEP))["rmse"]
+    mv = registry.register(settings, service, best.model_uri, tags)
+    seen = registry.trained_through(champion_mv)
+    report = registry.gate_report(
+        settings,
+        {"version": int(mv.version), "rmse": best.rmse, "trained_through": tags["trained_through"]},
+        {"version": int(champion_mv.version), "rmse": champion_rmse, "trained_through": seen} if champion else None,
+        valid_month,
+        "validation month: unseen by the candidate and the champion" if champion is None or (seen or "") < valid_month
+        else "validation month: seen by the champion (--force)",
+    )  # fmt: skip
+    mlflow.log_dict(report, registry.GATE_REPORT)
+    c = registry.client()
+    name = settings.registered_model(service)
+    if report["passes"]:
+        registry.set_champion(settings, service, mv.version, champion_mv.version if champion_mv else None)
+        c.set_model_version_tag(name, mv.version, "gate", "promoted")
+    else:
+        c.set_model_version_tag(name, mv.version, "gate", "rejected")
+        c.set_model_version_tag(name, mv.version, "rejected_reason", report["reason"])
+    return {
+        "registered_model": name,
+        "registered_version": int(mv.version),
+        "best_candidate": best.name,
+        "best_rmse": round(best.rmse, 4),
+        "champion_rmse_before": round(champion_rmse, 4) if champion_rmse is not None else None,
+        "promoted": report["passes"],
+        "gate_reason": report["reason"],
+        "champion_version": int(mv.version) if report["passes"] else int(champion_mv.version),
+    }
