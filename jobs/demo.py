@@ -62,7 +62,7 @@ def run(spark, settings: Settings) -> dict[str, Any]:
     print(
         f"Training (green until {add_months(last, -1)}): best {trained['best_candidate']} "
         f"rmse {trained['best_rmse']} on {trained['valid_month']}; candidates {trained['candidates']}; "
-        f"champion v{trained['champion_version']}"
+        f"champion v{trained['champion_version']}; bake-off report -> {trained['bakeoff']}"
     )
     print(
         f"Scored green {last} with {scored['model_name']} v{scored['model_version']}: {scored['rows']} trips; "
