@@ -17,12 +17,13 @@ export AIRFLOW_HOME ?= $(abspath .airflow)
 SEED ?= $(shell python3 -c 'import random; print(random.randrange(10**6))')
 PYTEST_ORDER := -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
-.PHONY: setup demo test test-fast test-reverse lint bench bench-quick airflow clean java help
+.PHONY: setup demo test test-fast test-deep test-reverse lint bench bench-quick airflow clean java help
 
 help:
 	@echo "make demo         run the whole pipeline on the shipped sample months (local Spark, ./lakehouse)"
 	@echo "make test         lint (ruff) then every test tier (unit, spark, integration, slow), in a seeded random order"
 	@echo "make test-fast    lint then the unit and spark tiers (the inner loop, a few minutes)"
+	@echo "make test-deep    install the [deep] extra (Keras 3 + JAX CPU) and run the deep challenger's tests"
 	@echo "make test-reverse every tier in reverse file order (order independence)"
 	@echo "make setup        create/refresh .venv and resolve the Spark JARs (the other targets do this)"
 	@echo "make bench        benchmarks at 0.25M/1M/3M rows;  make bench-quick: 0.25M rows"
@@ -58,6 +59,11 @@ test: setup lint
 
 test-fast: setup lint
 	$(BIN)/pytest -m "unit or spark" $(PYTEST_ORDER)
+
+# Not part of `make test`: the default install stays without the [deep] extra; CI runs this after `make test`.
+test-deep: setup lint
+	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev,deep]'
+	TAXI_TEST_DEEP=required $(BIN)/pytest tests/test_deep.py
 
 test-reverse: setup lint
 	$(BIN)/pytest --reverse

@@ -113,6 +113,21 @@ class FeaturesConfig(_Section):
 LEARNERS = ("xgboost", "lightgbm")
 
 
+class DeepConfig(_Section):
+    """The deep tabular challenger (learner ``deep``, the ``[deep]`` extra): a Wide & Deep network in Keras 3 on
+    JAX, trained on the driver from a bounded sample of the training rows (no well-kept tool trains it on Spark)."""
+
+    max_rows: int = Field(400_000, ge=1000)  # the bounded sample the driver collects and trains on
+    epochs: int = Field(30, ge=1)  # the ceiling; early stopping on a random holdout of the training sample
+    patience: int = Field(3, ge=1)
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5)
+    batch_size: int = Field(1024, ge=16)
+    learning_rate: float = Field(0.001, gt=0)
+    zone_embedding: int = Field(16, ge=1)  # width of the pickup and dropoff zone embeddings (the rest scale down)
+    hidden: list[int] = Field(default_factory=lambda: [256, 128, 64])
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
 class IntervalConfig(_Section):
     """Conformalized quantile regression (CQR): every prediction gets an interval of the stated coverage."""
 
@@ -152,7 +167,7 @@ class TuneConfig(_Section):
 
 class TrainConfig(_Section):
     months: int = Field(12, ge=1)
-    learners: list[Literal["xgboost", "lightgbm"]] = Field(default_factory=lambda: list(LEARNERS))
+    learners: list[Literal["xgboost", "lightgbm", "deep"]] = Field(default_factory=lambda: list(LEARNERS))
     baselines: bool = True
     margin: float = Field(0.0, ge=0)
     num_workers: int | None = Field(None, ge=1)
@@ -164,6 +179,9 @@ class TrainConfig(_Section):
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     intervals: IntervalConfig = IntervalConfig()
     tune: TuneConfig = TuneConfig()
+    deep: DeepConfig = DeepConfig()
+    # The mean of the best XGBoost and LightGBM candidates on the log scale enters the gate too (kept only if it wins).
+    ensemble: bool = True
     # `taxi promote --version N` needs N to have beaten the champion in shadow in each of the latest this-many
     # monitored weeks (0: no shadow record needed).
     promote_after_shadow_weeks: int = Field(0, ge=0)

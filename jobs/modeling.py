@@ -1,52 +1,23 @@
 """What training, scoring and monitoring share: the model's inputs, vectorised prediction, metrics, registry access.
 
-Models are logged to MLflow in their native flavour (an xgboost or lightgbm Booster trained on Spark), so the
-scoring job needs neither the training code nor the JVM learners: it predicts with ``Booster.inplace_predict``
-(xgboost) or ``Booster.predict`` (lightgbm) over Arrow batches in ``mapInArrow``. The target is learned on a
-log scale (``log1p`` minutes); :func:`predict_minutes` returns minutes.
+Models are logged to MLflow in their native flavour (``flavors.py``: xgboost/lightgbm Boosters trained on Spark, the
+Keras challenger, the ensemble pyfunc), so the scoring job needs neither the training code nor the JVM learners:
+it predicts in place over Arrow batches in ``mapInArrow``. The target is learned on a log scale (``log1p``
+minutes); :func:`predict_minutes` returns minutes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from .config import Settings
 from .errors import MissingUpstream, ServiceUnavailable
 from .features import MODEL_FEATURES, TARGET
+from .flavors import NativeModel, cached_predictor, load_model, predict_log  # noqa: F401  (re-exported: the model every job passes around)
 
 PREDICTION = "predicted_duration_min"
 HOUR_BANDS = [("night", 0, 6), ("morning_peak", 6, 10), ("midday", 10, 16), ("evening_peak", 16, 20), ("late", 20, 24)]
 DISTANCE_BANDS = [("0-1mi", 0, 1), ("1-2mi", 1, 2), ("2-5mi", 2, 5), ("5-10mi", 5, 10), ("10mi_plus", 10, None)]
-
-
-@dataclass
-class NativeModel:
-    """A trained booster in a form that travels to executors (bytes/str) and predicts log1p(minutes)."""
-
-    flavor: str  # "xgboost" | "lightgbm"
-    payload: Any  # xgboost: raw UBJSON bytes; lightgbm: model string
-
-    @classmethod
-    def from_booster(cls, booster) -> NativeModel:
-        import xgboost as xgb
-
-        if isinstance(booster, xgb.Booster):
-            return cls("xgboost", bytes(booster.save_raw("ubj")))
-        return cls("lightgbm", booster.model_to_string())
-
-    def booster(self):
-        if self.flavor == "xgboost":
-            import xgboost as xgb
-
-            b = xgb.Booster()
-            b.load_model(bytearray(self.payload))
-            b.set_param({"nthread": 1})
-            return b
-        import lightgbm as lgb
-
-        return lgb.Booster(model_str=self.payload)
 
 
 def feature_matrix(pdf):
@@ -54,12 +25,6 @@ def feature_matrix(pdf):
     import numpy as np
 
     return pdf[MODEL_FEATURES].astype("float64").to_numpy(dtype=np.float32, na_value=np.nan)
-
-
-def predict_log(booster, flavor: str, matrix):
-    if flavor == "xgboost":
-        return booster.inplace_predict(matrix)
-    return booster.predict(matrix, num_threads=1)
 
 
 def arrow_feature_matrix(batch):
@@ -78,8 +43,9 @@ def arrow_feature_matrix(batch):
 def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = False, interval=None):
     """Spark DataFrame with MODEL_FEATURES -> ``keep`` columns + ``predicted_duration_min``, in Arrow batches.
 
-    One booster per Python worker (built on its first batch), predicting whole Arrow batches in place: no per-row
-    UDF and no pandas conversion; the ``keep`` columns pass through the Python worker untouched (zero copy).
+    One predictor per Python worker process (built on its first batch, reused by its later tasks), predicting
+    whole Arrow batches in place: no per-row UDF and no pandas conversion; the ``keep`` columns pass through the
+    Python worker untouched (zero copy).
     ``log_scale`` returns the raw log1p-scale prediction instead (the margin a continued booster starts from).
     ``interval`` (a :class:`jobs.training.intervals.IntervalModel`) adds its bounds in minutes in the same pass.
     """
@@ -92,18 +58,17 @@ def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = F
     names = [*keep, PREDICTION, *extra]
     out_schema = T.StructType([*[df.schema[c] for c in keep],
                                *[T.StructField(c, T.DoubleType()) for c in (PREDICTION, *extra)]])  # fmt: skip
-    flavor, payload = model.flavor, model.payload
 
     def predict_batches(batches):
-        booster = NativeModel(flavor, payload).booster()
-        bounds = [(m.booster(), m.flavor) for m in (interval.lower, interval.upper)] if interval is not None else []
+        predict = cached_predictor(model)
+        bounds = [cached_predictor(m) for m in (interval.lower, interval.upper)] if interval is not None else []
         for batch in batches:
             matrix = arrow_feature_matrix(batch)
-            raw = np.asarray(predict_log(booster, flavor, matrix), dtype="float64")
+            raw = predict(matrix)
             minutes = raw if log_scale else np.clip(np.expm1(raw), 0.0, None)
             arrays = [minutes]
             if bounds:
-                q_lo, q_hi = (np.asarray(predict_log(b, f, matrix), dtype="float64") for b, f in bounds)
+                q_lo, q_hi = (bound(matrix) for bound in bounds)
                 arrays += interval.bounds(minutes, q_lo, q_hi)
             columns = [batch.column(c) for c in keep] + [pa.array(a, type=pa.float64()) for a in arrays]
             yield pa.RecordBatch.from_arrays(columns, names=names)
@@ -252,7 +217,4 @@ def load_registered(settings: Settings, service: str, alias: str | None = None, 
         raise MissingUpstream(
             f"no registered model {name} with {what}: run `taxi train --service {service} --until YYYY-MM` first"
         ) from e
-    flavor = mv.tags.get("flavor")
-    uri = f"models:/{name}/{mv.version}"
-    booster = mlflow.xgboost.load_model(uri) if flavor == "xgboost" else mlflow.lightgbm.load_model(uri)
-    return NativeModel.from_booster(booster), mv
+    return load_model(f"models:/{name}/{mv.version}", mv.tags.get("flavor")), mv

@@ -5,10 +5,12 @@ Window: the ``--months`` feature months up to and including ``--until``; the las
 validation month (a time-based split), the earlier ones are the training months. Rows are filtered to the
 training range (``in_training_range``) here and only here. The target is learned as ``log1p(minutes)``.
 
-Candidates: each learner from scratch, with tuned hyperparameters when a search is asked for (``--tune``: see
-``training/tuning.py``; it never sees the validation month) and, when a champion exists, warm-started from it
-("fine-tuning the pre-trained model": more boosting rounds on the training months it has not seen). Two baselines
-are logged on the same split for reference: the zone-pair median and a linear regression on zone pair + distance.
+Candidates: each learner from scratch (the deep network, ``training/deep.py``, on the driver from a bounded
+sample), with tuned hyperparameters when a search is asked for (``--tune``: see ``training/tuning.py``; it never
+sees the validation month) and, when a booster champion exists, warm-started from it ("fine-tuning the pre-trained
+model": more boosting rounds on the training months it has not seen); then the ensemble, the mean of the best
+XGBoost and LightGBM candidates on the log scale. Two baselines are logged on the same split for reference: the
+zone-pair median and a linear regression on zone pair + distance.
 Every candidate lands in the run's bake-off report (``training/bakeoff.py``).
 
 Honest numbers: a window whose validation month the champion has already seen (``trained_through`` tag) registers
@@ -27,6 +29,7 @@ from . import freshness, lakehouse, registry
 from .config import Settings
 from .errors import MissingUpstream
 from .features import MODEL_FEATURES
+from .flavors import BOOSTERS
 from .log import JobLog
 from .modeling import (
     PREDICTION,
@@ -45,8 +48,8 @@ from .training import bakeoff, tuning
 from .training.artifacts import git_commit, log_native_model, log_plots
 from .training.baselines import linear_zone_pair_distance, zone_pair_median
 from .training.intervals import train_interval
-from .training.learners import assemble, barrier_tasks, fit_lightgbm, fit_xgboost, with_init_score
-from .training.selection import KEEP, Candidate, gate, refit
+from .training.learners import assemble, barrier_tasks, fit_model, learner_params
+from .training.selection import ENSEMBLE, KEEP, Candidate, ensemble_members, gate, refit
 
 
 @dataclass
@@ -126,6 +129,10 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
         until = latest_feature_month(spark, settings, service)
     check_month(until)
     cfg = settings.train
+    if "deep" in cfg.learners:  # a missing [deep] extra fails here, not after an hour of boosting
+        from .training.deep import keras
+
+        keras()
     log = JobLog("train", service, until)
     mlflow = setup_mlflow(settings)
     data = load_training_data(spark, settings, service, until, months or cfg.months)
@@ -184,7 +191,14 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
             with mlflow.start_run(run_name=name, nested=True) as child:
                 mlflow.set_tags({"learner": learner, "service": service, "warm_start": extra.get("warm_start", False)})
                 mlflow.log_params({f"hp_{k}": v for k, v in extra.get("params", {}).items()})
-                mlflow.log_metrics({**metrics, "fit_seconds": seconds, "train_tasks": extra.get("train_tasks", 0)})
+                mlflow.log_metrics(
+                    {
+                        **metrics,
+                        "fit_seconds": seconds,
+                        "train_tasks": extra.get("train_tasks", 0),
+                        **{f"fit_{k}": v for k, v in extra.get("fit_info", {}).items()},
+                    }
+                )
                 pdf = predictions.select(*KEEP, PREDICTION).limit(5000).toPandas()
                 log_plots(mlflow, extra.get("model"), pdf, name)
                 model_uri = None
@@ -208,27 +222,22 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
         tuned = tuning.tune_learners(spark, settings, train, data.train_months, workers, parent, log)
         for name, learner, params, init, rows in candidate_plans(settings, data, train, champion, champion_mv, log,
                                                                  tuned):  # fmt: skip
-            fit = fit_xgboost if learner == "xgboost" else fit_lightgbm
             group = f"train-{name}-{parent.info.run_id[:8]}"
             spark.sparkContext.setJobGroup(group, group)
             t = time.monotonic()
-            data_vec = (train_vec if rows is train else assemble(rows)) if init is None or learner == "xgboost" \
-                else with_init_score(rows, init)  # fmt: skip
-            booster = fit(data_vec, dict(params), workers, cfg.seed, init)
+            shared = train_vec if rows is train else None
+            model, info = fit_model(settings, learner, rows, params, workers, init, shared)
             seconds = time.monotonic() - t
             spark.sparkContext.setJobGroup("", "")
-            model = NativeModel.from_booster(booster)
-            evaluate(
-                name,
-                learner,
-                predict_minutes(valid, model, KEEP),
-                seconds,
-                model=model,
-                warm_start=init is not None,
-                params=params,
-                train_tasks=barrier_tasks(spark, group),
-                train_data=rows,
-            )
+            evaluate(name, learner, predict_minutes(valid, model, KEEP), seconds, model=model,
+                     warm_start=init is not None, params=params, train_tasks=barrier_tasks(spark, group),
+                     train_data=rows, fit_info=info)  # fmt: skip
+
+        members = ensemble_members(candidates) if cfg.ensemble else []
+        if members:  # the mean of the best boosted models on the log scale: the gate keeps it only if it wins
+            model = NativeModel.ensemble([m.model for m in members])
+            evaluate(ENSEMBLE, "ensemble", predict_minutes(valid, model, KEEP), sum(m.fit_seconds for m in members),
+                     model=model, params={"members": ",".join(m.name for m in members)}, members=members)  # fmt: skip
 
         models = [c for c in candidates if c.model is not None]
         if not models:
@@ -307,17 +316,20 @@ def candidate_plans(settings: Settings, data: TrainingData, train, champion, cha
     from pyspark.sql import functions as F
 
     cfg = settings.train
-    fits = {"xgboost": cfg.xgboost, "lightgbm": cfg.lightgbm}
-    plans = [(f"{learner}-scratch", learner, fits[learner], None, train) for learner in cfg.learners]
+    plans = [(f"{learner}-scratch", learner, learner_params(settings, learner), None, train)
+             for learner in cfg.learners]  # fmt: skip
     plans += [(f"{learner}-tuned", learner, t.params, None, train) for learner, t in (tuned or {}).items()]
     if champion is None or not cfg.warm_start:
+        return plans
+    if champion.flavor not in BOOSTERS:
+        log.info("warm_start_skipped", reason=f"the champion is a {champion.flavor} model: only a booster continues")
         return plans
     seen = registry.trained_through(champion_mv) or ""
     unseen = [m for m in data.train_months if m > seen]
     if not unseen:
         log.info("warm_start_skipped", reason=f"champion v{champion_mv.version} has seen every training month")
         return plans
-    params = dict(fits[champion.flavor])
-    params["n_estimators" if champion.flavor == "xgboost" else "numIterations"] = cfg.warm_start_rounds
+    params = dict(learner_params(settings, champion.flavor))
+    params[tuning.ROUNDS[champion.flavor]] = cfg.warm_start_rounds
     return [*plans, (f"{champion.flavor}-warm-start", champion.flavor, params, champion,
                      train.where(F.col("month").isin(unseen)))]  # fmt: skip

@@ -59,11 +59,74 @@ def test_golden_training_window_split_and_candidates(golden):
     assert summary["train_months"] == ["2022-01", "2022-02"] and summary["valid_month"] == "2023-01"
     cands = summary["candidates"]
     assert set(cands) == {"baseline-zone-pair-median", "baseline-linear-pu-do-distance", "xgboost-scratch",
-                          "lightgbm-scratch"}  # fmt: skip
+                          "lightgbm-scratch", "ensemble-mean"}  # fmt: skip
     # Even 60 rounds beat both baselines clearly on the validation month.
     assert max(cands["xgboost-scratch"], cands["lightgbm-scratch"]) < cands["baseline-linear-pu-do-distance"] - 1
-    assert summary["best_candidate"] == f"{min(('xgboost', 'lightgbm'), key=lambda k: cands[k + '-scratch'])}" \
-        "-scratch-refit"  # fmt: skip
+    models = ("xgboost-scratch", "lightgbm-scratch", "ensemble-mean")
+    assert summary["best_candidate"] == min(models, key=cands.get) + "-refit"
+    champion, mv = load_registered(golden.settings, "green", alias="champion")
+    flavors = {"xgboost-scratch": "xgboost", "lightgbm-scratch": "lightgbm", "ensemble-mean": "ensemble"}
+    assert mv.tags["flavor"] == champion.flavor == flavors[min(models, key=cands.get)]
+
+
+def test_the_ensemble_is_the_mean_of_each_learners_best_booster_on_the_log_scale(spark, golden):
+    """Its RMSE is that of mean(log1p predictions) of its members, and the generic pyfunc loader (the code logged
+    with the model, no project import) predicts the same mean."""
+    import numpy as np
+
+    from jobs.features import MODEL_FEATURES, TARGET
+    from jobs.modeling import feature_matrix
+
+    s, summary = golden.settings, golden.summaries["train"]
+    runs = _child_runs(s, summary["run_id"])
+    assert runs["ensemble-mean"]["params.hp_members"] == "xgboost-scratch,lightgbm-scratch"
+    uris = summary["candidate_models"]
+    setup_mlflow(s)
+    pdf = (
+        lakehouse.read(spark, s, lakehouse.FEATURES)
+        .where(lakehouse.partition_predicate("green", "2023-01"))
+        .where("in_training_range")
+        .select(*MODEL_FEATURES, TARGET)
+        .toPandas()
+    )
+    matrix = feature_matrix(pdf)
+    xgb_log = mlflow.xgboost.load_model(uris["xgboost-scratch"]).inplace_predict(matrix)
+    lgb_log = mlflow.lightgbm.load_model(uris["lightgbm-scratch"]).predict(matrix)
+    mean_log = (np.asarray(xgb_log, dtype="float64") + lgb_log) / 2
+    rmse = float(np.sqrt(np.mean((np.clip(np.expm1(mean_log), 0, None) - pdf[TARGET]) ** 2)))
+    assert rmse == pytest.approx(summary["candidates"]["ensemble-mean"], abs=1e-3)
+    assert rmse < max(summary["candidates"]["xgboost-scratch"], summary["candidates"]["lightgbm-scratch"])
+    pyfunc = mlflow.pyfunc.load_model(uris["ensemble-mean"])
+    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    np.testing.assert_allclose(pyfunc.predict(pdf[MODEL_FEATURES].astype("float64").head(500)), mean_log[:500],
+                               rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.unit
+def test_ensemble_members_are_each_learners_best_and_need_two_learners():
+    from jobs.training.selection import Candidate, ensemble_members
+
+    def cand(name, learner, rmse, model=True):
+        return Candidate(name, learner, {"rmse": rmse}, 1.0, "run", model=object() if model else None)
+
+    xs, xt = cand("xgboost-scratch", "xgboost", 4.2), cand("xgboost-tuned", "xgboost", 4.1)
+    ls, lw = cand("lightgbm-scratch", "lightgbm", 4.0), cand("lightgbm-warm-start", "lightgbm", 4.3)
+    base, net = cand("baseline", "baseline", 3.0, model=False), cand("deep-scratch", "deep", 3.5)
+    assert ensemble_members([xs, xt, ls, lw, base, net]) == [xt, ls]  # per learner the best; baselines, network out
+    assert ensemble_members([xs, xt, base, net]) == []  # one boosted learner: no ensemble
+
+
+@pytest.mark.unit
+def test_only_a_booster_champion_is_warm_started(settings):
+    from jobs.flavors import NativeModel
+    from jobs.log import JobLog
+
+    s = settings.model_copy(deep=True)
+    s.train.warm_start, s.train.learners = True, ["xgboost"]
+    ensemble = NativeModel.ensemble([NativeModel("xgboost", b""), NativeModel("lightgbm", "")])
+    for champion in (ensemble, NativeModel("keras", b"")):
+        plans = train.candidate_plans(s, None, "rows", champion, None, log=JobLog("train", "green", "2023-01"))
+        assert [p[0] for p in plans] == ["xgboost-scratch"]
 
 
 def test_both_learners_train_on_two_barrier_workers_and_log_everything(golden):
@@ -358,3 +421,37 @@ def test_bi_reads_predictions_with_duckdb_and_spark_sql(spark, golden):
         "where service = 'green' and month = '2023-02' and in_training_range group by 1, 2 order by 1, 2"
     ).collect()
     assert [tuple(r) for r in by_spark] == [r[:3] for r in rows]
+
+
+@pytest.mark.unit
+def test_the_deep_learner_without_its_extra_is_refused_before_training(settings, monkeypatch):
+    import sys
+
+    from jobs.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "keras", None)  # what `import keras` meets without the [deep] extra
+    s = settings.model_copy(deep=True)
+    s.train.learners = ["xgboost", "deep"]
+    with pytest.raises(InputError, match=r"pip install -e '\.\[deep\]'"):
+        train.run(None, s, "green", "2023-01")  # refused before it touches Spark or MLflow
+
+
+@pytest.mark.unit
+def test_a_worker_builds_each_models_predictor_once():
+    import lightgbm as lgb
+    import numpy as np
+
+    from jobs.flavors import NativeModel, cached_predictor
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 29)), rng.random(200)
+    one = NativeModel.from_booster(lgb.train({"verbosity": -1}, lgb.Dataset(x, y), 5))
+    other = NativeModel.from_booster(lgb.train({"verbosity": -1}, lgb.Dataset(x, y), 6))
+    same = NativeModel(one.flavor, (one.payload + " ")[:-1])  # equal content, a new object (as a task unpickles)
+    assert cached_predictor(one) is cached_predictor(same)
+    assert cached_predictor(other) is not cached_predictor(one)
+    both = NativeModel.ensemble([one, other])
+    np.testing.assert_allclose(
+        cached_predictor(both)(x.astype("float32")),
+        (one.predictor()(x.astype("float32")) + other.predictor()(x.astype("float32"))) / 2,
+    )

@@ -108,7 +108,28 @@ def test_the_bakeoff_page_ranks_candidates_states_its_months_and_loads_nothing()
     band = page[page.index("id='by_hour_band'") :]
     assert band.index("night") < band.index("midday")  # bands in clock order, not alphabetical
     assert "<td>0.5</td><td>8.0</td>" in page  # trial 1: started 0.5 s after trial 0, overlapping it
+    assert "deep network" not in page and "ensemble" not in page  # notes only for candidates that ran
     assert offline.remote_loads(page) == []
+
+
+@pytest.mark.unit
+def test_the_bakeoff_says_how_the_network_and_the_ensemble_were_trained():
+    from jobs.training.selection import Candidate
+
+    net = Candidate("deep-scratch", "deep", {"rmse": 4.5}, 30.0, "r1", fit_info={"sample_rows": 20000,
+                    "window_rows": 125364, "epochs_run": 9, "best_epoch": 6})  # fmt: skip
+    xgb = Candidate("xgboost-scratch", "xgboost", {"rmse": 4.4}, 12.0, "r2", train_tasks=2)
+    lgb = Candidate("lightgbm-warm-start", "lightgbm", {"rmse": 4.3}, 3.0, "r3", train_tasks=2, warm_start=True)
+    ens = Candidate("ensemble-mean", "ensemble", {"rmse": 4.2}, 15.0, "r4", members=[xgb, lgb])
+    assert bakeoff.trained_how(net) == "driver, 20,000 of 125,364 rows, 9 epochs (best 6)"
+    assert bakeoff.trained_how(lgb) == "Spark, 2 barrier tasks, continues the champion"
+    assert bakeoff.trained_how(ens) == "mean on the log scale of xgboost-scratch + lightgbm-warm-start"
+    rows = [{**_row(c.name, c.rmse, chosen=c is ens), "learner": c.learner, "trained": bakeoff.trained_how(c)}
+            for c in (net, xgb, lgb, ens)]  # fmt: skip
+    page = bakeoff.render({"service": "green", "run_id": "abc", "valid_month": "2023-01", "rows": rows,
+                           "train_months": ["2022-01", "2022-02"], "tuning_month": None})  # fmt: skip
+    assert "from a bounded sample" in page and "its fit time is its members'" in page
+    assert "<td class='params'>driver, 20,000 of 125,364 rows, 9 epochs (best 6)</td>" in page
 
 
 @pytest.mark.unit

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import PROJECT_ROOT
 from ..features import MODEL_FEATURES, TARGET
+from ..flavors import BOOSTERS, log_model
 from ..modeling import PREDICTION, NativeModel
 
 
@@ -37,7 +38,7 @@ def log_plots(mlflow, model: NativeModel | None, sample, name: str) -> None:
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
-        if model is not None:
+        if model is not None and model.flavor in BOOSTERS:
             imp = sorted(_importance(model).items(), key=lambda kv: kv[1])[-20:]
             fig, ax = plt.subplots(figsize=(7, 6))
             ax.barh([k for k, _ in imp], [v for _, v in imp], color="#3b6ea5")
@@ -60,21 +61,7 @@ def log_plots(mlflow, model: NativeModel | None, sample, name: str) -> None:
 
 
 def log_native_model(mlflow, model: NativeModel, input_example):
-    """Log the booster in its native MLflow flavour with signature and input example; returns the model URI."""
-    import numpy as np
-    from mlflow.models import infer_signature
+    """Log the model in its native MLflow flavour with signature and input example; returns the model URI."""
+    from ..modeling import feature_matrix
 
-    booster = model.booster()
-    example = input_example[MODEL_FEATURES].astype("float64")
-    from ..modeling import feature_matrix, predict_log
-
-    signature = infer_signature(example, np.asarray(predict_log(booster, model.flavor, feature_matrix(example))))
-    flavor = mlflow.xgboost if model.flavor == "xgboost" else mlflow.lightgbm
-    # Pinned from this environment: letting MLflow infer them starts a Python subprocess per logged model (seconds).
-    import pandas as pd
-
-    requirements = [*flavor.get_default_pip_requirements(), f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
-    info = flavor.log_model(
-        booster, name="model", signature=signature, input_example=example, pip_requirements=requirements
-    )
-    return info.model_uri
+    return log_model(mlflow, model, input_example[MODEL_FEATURES].astype("float64"), feature_matrix)

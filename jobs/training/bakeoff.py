@@ -12,7 +12,7 @@ import html
 import time
 from typing import Any
 
-from ..modeling import DISTANCE_BANDS, HOUR_BANDS, NativeModel, feature_matrix, predict_log
+from ..modeling import DISTANCE_BANDS, HOUR_BANDS, NativeModel, feature_matrix
 from ..reports.figures import png_base64
 
 OVERALL = ("rmse", "mae", "rmsle", "bias", "n")
@@ -25,16 +25,15 @@ GROUPS = {
 
 def predict_rate(model: NativeModel, sample) -> float:
     """Rows per second one thread predicts (the scoring path's native call on a float32 matrix)."""
-    booster, matrix = model.booster(), feature_matrix(sample)
-    predict_log(booster, model.flavor, matrix[:100])  # warm-up: first-call set-up is not throughput
+    predict, matrix = model.predictor(), feature_matrix(sample)
+    predict(matrix[:100])  # warm-up: first-call set-up (and the network's compilation) is not throughput
     started = time.perf_counter()
-    predict_log(booster, model.flavor, matrix)
+    predict(matrix)
     return len(matrix) / max(time.perf_counter() - started, 1e-9)
 
 
 def model_bytes(model: NativeModel) -> int:
-    payload = model.payload
-    return len(payload.encode() if isinstance(payload, str) else payload)
+    return model.size_bytes
 
 
 def row(candidate, chosen: str, sample, interval: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -50,10 +49,27 @@ def row(candidate, chosen: str, sample, interval: dict[str, Any] | None = None) 
         "predict_rows_per_s": predict_rate(model, sample) if model is not None else None,
         "model_bytes": model_bytes(model) if model is not None else None,
         "params": {k: v for k, v in candidate.params.items()},
+        "trained": trained_how(candidate),
+        "fit_info": dict(candidate.fit_info),
     }
     if interval and candidate.name == chosen:
         out["interval"] = interval
     return out
+
+
+def trained_how(candidate) -> str:
+    """Where and on what a candidate was fitted, in a few words."""
+    if candidate.learner == "baseline":
+        return "Spark aggregates"
+    if candidate.members:
+        return "mean on the log scale of " + " + ".join(m.name for m in candidate.members)
+    info = candidate.fit_info
+    if "sample_rows" in info:
+        return (f"driver, {info['sample_rows']:,} of {info['window_rows']:,} rows, {info['epochs_run']} epochs "
+                f"(best {info['best_epoch']})")  # fmt: skip
+    return f"Spark, {candidate.train_tasks} barrier tasks" + (
+        ", continues the champion" if candidate.warm_start else ""
+    )
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -107,7 +123,8 @@ def render(report: dict[str, Any]) -> str:
             + "".join(f"<td>{_fmt(r['metrics'].get(k), 0 if k == 'n' else 3)}</td>" for k in OVERALL)
             + f"<td>{'+' if r['metrics']['rmse'] > best else ''}{_fmt(r['metrics']['rmse'] - best)}</td>"
             f"<td>{_fmt(r['fit_seconds'], 1)}</td><td>{'' if rate is None else f'{rate:,.0f}'}</td>"
-            f"<td>{'' if size is None else f'{size / 1024:,.0f}'}</td><td>{interval_cell(r)}</td></tr>"
+            f"<td>{'' if size is None else f'{size / 1024:,.0f}'}</td><td>{interval_cell(r)}</td>"
+            f"<td class='params'>{html.escape(r.get('trained', ''))}</td></tr>"
         )
 
     overall = "".join(overall_row(r) for r in rows)
@@ -148,17 +165,30 @@ on {html.escape(", ".join(report["train_months"]))}. Tuning trials stopped early
 {html.escape(report.get("tuning_month") or "no month (no tuning in this run)")}, not on the validation month.
 The chosen candidate is then refitted on the training and validation months before registration; the interval's
 coverage shown here is on the month that calibrated it (raw: before calibration, out-of-sample for the quantile
-models). Predict speed: rows per second on one thread; size: the serialized booster.</p>
+models).{_model_notes(rows)} Predict speed: rows per second through the scoring path's call (boosters on one
+thread, the network with JAX's threads); size: the serialized model.</p>
 <p id="winner">Chosen: <b>{html.escape(chosen["name"])}</b>, RMSE {chosen["metrics"]["rmse"]:.3f} min.{margin}
 Registered as version {report.get("registered_version") or "none"}; gate: {html.escape(str(report.get("gate_reason")))}.
 </p>
 <table id="overall"><tr><th>candidate</th><th>RMSE</th><th>MAE</th><th>RMSLE</th><th>bias</th><th>trips</th>
-<th>RMSE vs best</th><th>fit s</th><th>predict rows/s</th><th>size KiB</th><th>80% interval coverage</th></tr>
+<th>RMSE vs best</th><th>fit s</th><th>predict rows/s</th><th>size KiB</th><th>80% interval coverage</th>
+<th>trained</th></tr>
 {overall}</table>
 <img alt="RMSE by candidate" src="data:image/png;base64,{_rmse_plot(rows)}"/>
 {"".join(sections)}
 {tuning}
 </body></html>"""
+
+
+def _model_notes(rows: list[dict[str, Any]]) -> str:
+    learners = {r["learner"] for r in rows}
+    notes = ""
+    if "deep" in learners:
+        notes += (" The deep network trains on the driver from a bounded sample of the training months and stops early"
+                  " on a random holdout of that sample (the trained column says how many rows).")  # fmt: skip
+    if "ensemble" in learners:
+        notes += " The ensemble is scored as one model on the same month; its fit time is its members'."
+    return notes
 
 
 def _tuning_section(t: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""The distributed learners: xgboost.spark and SynapseML LightGBM, each a barrier stage with one task per worker,
-trained on ``log1p(minutes)`` from one assembled vector column."""
+"""The learners: xgboost.spark and SynapseML LightGBM, each a barrier stage with one task per worker, trained on
+``log1p(minutes)`` from one assembled vector column; and the deep challenger (``deep.py``), trained on the driver."""
 
 from __future__ import annotations
 
@@ -8,6 +8,29 @@ from typing import Any
 from ..features import MODEL_FEATURES, TARGET
 from ..modeling import NativeModel, predict_minutes
 from ..spark import executor_cores
+
+
+def learner_params(settings, learner: str) -> dict[str, Any]:
+    """The configured hyperparameters of ``learner`` (what its candidate logs as ``hp_*``)."""
+    cfg = settings.train
+    return {"xgboost": cfg.xgboost, "lightgbm": cfg.lightgbm}.get(learner) or cfg.deep.model_dump()
+
+
+def fit_model(settings, learner: str, rows, params: dict[str, Any], workers: int, init: NativeModel | None = None,
+              assembled=None) -> tuple[NativeModel, dict[str, Any]]:  # fmt: skip
+    """One candidate's model fitted on ``rows`` (``assembled``: those rows already assembled, shared by candidates),
+    continuing ``init`` when given; returns it with what the fit reports (the network's sample and epochs)."""
+    seed = settings.train.seed
+    if learner == "deep":
+        from .deep import fit_deep
+
+        return fit_deep(rows, settings.train.deep, seed)
+    if init is not None and learner == "lightgbm":
+        data = with_init_score(rows, init)
+    else:
+        data = assembled if assembled is not None else assemble(rows)
+    fit = fit_xgboost if learner == "xgboost" else fit_lightgbm
+    return NativeModel.from_booster(fit(data, dict(params), workers, seed, init)), {}
 
 
 def assemble(df, extra: tuple[str, ...] = ()):

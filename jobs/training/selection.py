@@ -11,7 +11,7 @@ from ..config import Settings
 from ..features import MODEL_FEATURES, TARGET
 from ..modeling import NativeModel, predict_minutes, regression_metrics
 from .artifacts import log_native_model
-from .learners import assemble, fit_lightgbm, fit_xgboost, with_init_score
+from .learners import fit_model
 
 KEEP = ["trip_id", "pu_borough", "pickup_hour", "trip_distance", TARGET]
 
@@ -19,7 +19,7 @@ KEEP = ["trip_id", "pu_borough", "pickup_hour", "trip_distance", TARGET]
 @dataclass
 class Candidate:
     name: str
-    learner: str  # xgboost | lightgbm | baseline
+    learner: str  # xgboost | lightgbm | deep | ensemble | baseline
     metrics: dict[str, float]
     fit_seconds: float
     run_id: str
@@ -29,29 +29,43 @@ class Candidate:
     params: dict[str, Any] = field(default_factory=dict)
     train_tasks: int = 0
     train_data: Any = None  # the rows it was fitted on (a refit adds the validation month to them)
+    members: list[Candidate] = field(default_factory=list)  # an ensemble's member candidates
+    fit_info: dict[str, Any] = field(default_factory=dict)  # what the fit reports (the network's sample, epochs)
 
     @property
     def rmse(self) -> float:
         return self.metrics["rmse"]
 
 
+ENSEMBLE = "ensemble-mean"
+
+
+def ensemble_members(candidates: list[Candidate], learners=("xgboost", "lightgbm")) -> list[Candidate]:
+    """The ensemble's members: the best candidate (validation RMSE) of each learner in ``learners``, when there are
+    two or more. It enters the gate like the others and is registered only if it wins."""
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.learner in learners and c.model is not None and (c.learner not in best or c.rmse < best[c.learner].rmse):
+            best[c.learner] = c
+    return [best[k] for k in learners if k in best] if len(best) >= 2 else []
+
+
 def refit(spark, mlflow, settings: Settings, best: Candidate, valid, workers: int, champion, log) -> Candidate:
     """Refit the chosen learner on its training rows + the validation month (the model to register).
 
-    Its validation metrics stay those of the pre-refit fit: the refit model has seen the validation month.
+    Its validation metrics stay those of the pre-refit fit: the refit model has seen the validation month. An
+    ensemble refits each member and averages them again.
     """
-    cfg = settings.train
-    fit = fit_xgboost if best.learner == "xgboost" else fit_lightgbm
     t = time.monotonic()
-    both = best.train_data.unionByName(valid)
-    init = champion if best.warm_start else None
-    data = with_init_score(both, init) if init is not None and best.learner == "lightgbm" else assemble(both)
-    booster = fit(data, dict(best.params), workers, cfg.seed, init)
+    models = [fit_model(settings, m.learner, m.train_data.unionByName(valid), m.params, workers,
+                        champion if m.warm_start else None)[0] for m in best.members or [best]]  # fmt: skip
+    model = NativeModel.ensemble(models) if best.members else models[0]
     seconds = time.monotonic() - t
-    model = NativeModel.from_booster(booster)
     with mlflow.start_run(run_name=f"{best.name}-refit", nested=True) as child:
         mlflow.set_tags({"learner": best.learner, "refit_of": best.run_id, "warm_start": best.warm_start})
         mlflow.log_params({f"hp_{k}": v for k, v in best.params.items()})
+        if best.members:
+            mlflow.set_tag("members", ",".join(m.name for m in best.members))
         mlflow.log_metrics({**{f"prerefit_{k}": v for k, v in best.metrics.items()}, "fit_seconds": seconds})
         uri = log_native_model(mlflow, model, valid.select(*MODEL_FEATURES).limit(5).toPandas())
     log.info("refit", name=best.name, fit_s=round(seconds, 1))

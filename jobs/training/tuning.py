@@ -93,7 +93,7 @@ def tune_learners(spark, settings: Settings, train, train_months: list[str], wor
     if not (tcfg.trials or tcfg.minutes):
         return {}
     out = {}
-    for learner in settings.train.learners:
+    for learner in [x for x in settings.train.learners if x in ROUNDS]:  # the boosters: the network is not searched
         out[learner] = tune(spark, settings, learner, train, train_months, tcfg.trials or None, tcfg.minutes, workers,
                             parent_run, log)  # fmt: skip
         mlflow.log_metric(f"tuning_rmse_{learner}", out[learner].tuning_rmse)
