@@ -59,11 +59,12 @@ def test_the_network_reads_nulls_and_unseen_codes_as_unknown_and_standardises_wi
 
 @pytest.mark.unit
 def test_the_network_round_trips_through_bytes_and_the_mlflow_keras_flavour(tmp_path):
-    import mlflow.keras
-    from mlflow.models import infer_signature
-
     from jobs.flavors import NativeModel
     from jobs.training import deep
+
+    deep.keras()  # first: it picks the JAX backend, which Keras reads once, at its first import (by mlflow.keras too)
+    import mlflow.keras
+    from mlflow.models import infer_signature
 
     x = _matrix(500)
     net = deep.build(DeepConfig(hidden=[16], zone_embedding=4), x, target_mean=2.5)
