@@ -455,3 +455,14 @@ def test_a_worker_builds_each_models_predictor_once():
         cached_predictor(both)(x.astype("float32")),
         (one.predictor()(x.astype("float32")) + other.predictor()(x.astype("float32"))) / 2,
     )
+
+
+@pytest.mark.unit
+def test_each_learner_gets_its_own_parameters_even_when_they_are_empty(settings):
+    from jobs.training.learners import learner_params
+
+    s = settings.model_copy(deep=True)
+    s.train.xgboost = {}  # every xgboost default: must not fall through to another learner's settings
+    assert learner_params(s, "xgboost") == {}
+    assert learner_params(s, "lightgbm") == s.train.lightgbm
+    assert learner_params(s, "deep")["max_rows"] == s.train.deep.max_rows

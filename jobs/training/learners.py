@@ -13,7 +13,9 @@ from ..spark import executor_cores
 def learner_params(settings, learner: str) -> dict[str, Any]:
     """The configured hyperparameters of ``learner`` (what its candidate logs as ``hp_*``)."""
     cfg = settings.train
-    return {"xgboost": cfg.xgboost, "lightgbm": cfg.lightgbm}.get(learner) or cfg.deep.model_dump()
+    if learner == "deep":
+        return cfg.deep.model_dump()
+    return cfg.xgboost if learner == "xgboost" else cfg.lightgbm
 
 
 def fit_model(settings, learner: str, rows, params: dict[str, Any], workers: int, init: NativeModel | None = None,
