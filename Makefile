@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-JARS := .cache/jars/manifest.json
+JARS := .cache/jars/.resolved
 
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
@@ -44,6 +44,7 @@ $(STAMP): pyproject.toml | java
 
 $(JARS): $(STAMP) conf/local.yaml
 	$(BIN)/taxi jars >/dev/null
+	touch $(JARS)
 
 setup: java $(STAMP) $(JARS)
 

@@ -18,12 +18,15 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from jobs import storage  # noqa: E402  (light: no Spark, no MLflow)
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
@@ -75,7 +78,7 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t, mem.peak_mib
 
 
-def bench_settings(work: Path, rounds: int | None = None):
+def bench_settings(work, rounds: int | None = None):
     """The project's settings on a throwaway lakehouse; ``rounds`` caps both learners' boosting rounds."""
     from jobs.config import load_settings
 
@@ -95,7 +98,8 @@ def bench_settings(work: Path, rounds: int | None = None):
     if rounds:
         env["TAXI__TRAIN__XGBOOST__n_estimators"] = str(rounds)
         env["TAXI__TRAIN__LIGHTGBM__numIterations"] = str(rounds)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    if not storage.is_remote(work):  # a local bench keeps its own MLflow store; an object store needs the server
+        env.pop("MLFLOW_TRACKING_URI", None)
     return load_settings(env=env)
 
 
@@ -274,7 +278,9 @@ def main(argv=None) -> int:
     setup_logging("WARNING")
     base = load_settings()
     work = base.lakehouse / "bench-work"
-    shutil.rmtree(work, ignore_errors=True)
+    storage.remove_tree(work)
+    # The synthetic input files are sources, which ingest lands from local disk (also for an object-store lakehouse).
+    inputs = Path(tempfile.mkdtemp(prefix="taxi-bench-inputs-"))
     # The full run scores and trains with the production model settings of conf/ (what the ratios are about);
     # --quick caps the boosting rounds so that it stays a few minutes' smoke run.
     rounds = QUICK_ROUNDS if args.quick else None
@@ -293,7 +299,7 @@ def main(argv=None) -> int:
     print(f"benchmarks: sizes {sizes}, {os.cpu_count()} CPUs, work dir {work}", flush=True)
 
     def synth_month(month, rows):
-        out = work / "synth" / f"yellow_tripdata_{month}.parquet"
+        out = inputs / f"yellow_tripdata_{month}.parquet"
         _, s, _ = timed(synth.run, settings, "yellow", month, rows, str(out), 7)
         print(f"  synth {month}: {rows} rows in {s:.1f}s", flush=True)
         return str(out)
@@ -356,8 +362,9 @@ def main(argv=None) -> int:
         }
     )
     spark.stop()
+    shutil.rmtree(inputs, ignore_errors=True)
     out_dir = base.reports_dir / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out_dir)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     (out_dir / f"bench-{stamp}.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)

@@ -179,8 +179,11 @@ def cmd_cluster(settings, args):
 
 
 def cmd_jars(settings, args):
-    from .spark import ensure_jars
+    from .spark import ensure_jars, session_packages
 
+    if args.object_store:  # whatever the lakehouse: an image built once serves local and object-store lakehouses
+        spark_conf = settings.spark.model_copy(update={"packages": session_packages(settings, object_store=True)})
+        settings = settings.model_copy(update={"spark": spark_conf})
     jars = ensure_jars(settings)
     print(",".join(jars))
     return None
@@ -426,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("jars", help="resolve the Delta/SynapseML JARs into the cache and print them (for --jars)")
+    p.add_argument("--object-store", action="store_true",
+                   help="add the S3 connector (spark.object_store_packages), as an s3a:// lakehouse does")  # fmt: skip
     p.set_defaults(func=cmd_jars)
 
     p = sub.add_parser(

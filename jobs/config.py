@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
-import urllib.parse
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +46,9 @@ class SparkConfig(_Section):
     master: str = "local[*]"
     app_name: str = "taxi"
     packages: list[str] = Field(default_factory=list)
+    # Added to the packages when the lakehouse is on object storage: hadoop-aws must match Spark's Hadoop (3.3.4 in
+    # pyspark 3.5), and brings the AWS SDK bundle it was built against.
+    object_store_packages: list[str] = Field(default_factory=list)
     jar_cache: Path
     conf: dict[str, str] = Field(default_factory=dict)
 
@@ -239,7 +241,7 @@ class SqlServerConfig(_Section):
 
 
 class Settings(_Section):
-    lakehouse: Path
+    lakehouse: Any  # pathlib.Path, or upath.UPath for an object-store lakehouse (jobs.storage)
     data: DataConfig
     spark: SparkConfig
     mlflow: MlflowConfig = MlflowConfig()
@@ -255,20 +257,12 @@ class Settings(_Section):
 
     @field_validator("lakehouse", mode="before")
     @classmethod
-    def _local_lakehouse(cls, value: Any) -> Any:
-        """A local path or ``file://`` URI. Any other scheme is refused here: read as a path, ``s3a://bucket/lake``
-        would silently become a folder named ``s3a:`` inside the project."""
-        text = str(value)
-        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
-        if scheme is None:
-            return value
-        if scheme.group(1).lower() == "file":
-            return urllib.parse.unquote(urllib.parse.urlparse(text).path)
-        raise ValueError(
-            f"lakehouse {text}: the jobs read and write the lakehouse through local paths only, so a "
-            f"{scheme.group(1)}:// URI is refused rather than read as a relative folder; use a local path or a shared "
-            "POSIX file system (NFS) mounted at the same path on every machine"
-        )
+    def _lakehouse_location(cls, value: Any) -> Any:
+        """A local path, ``file://`` or ``s3a://``/``s3://`` URI (see :mod:`jobs.storage`). Any other scheme is refused
+        here: read as a path, ``gs://bucket/lake`` would silently become a folder named ``gs:`` inside the project."""
+        from .storage import location
+
+        return location(value)
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:
@@ -277,7 +271,14 @@ class Settings(_Section):
         def fix(p: Path) -> Path:
             return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
 
-        self.lakehouse = fix(self.lakehouse)
+        if isinstance(self.lakehouse, Path):
+            self.lakehouse = fix(self.lakehouse)
+        elif self.mlflow.tracking_uri is None:
+            raise ValueError(
+                f"lakehouse {self.lakehouse}: the embedded MLflow store is a sqlite file, which cannot live on object "
+                "storage; set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a tracking server, e.g. one started "
+                "with `mlflow server --artifacts-destination s3://bucket/mlflow`"
+            )
         self.data.sample_dir = fix(self.data.sample_dir)
         self.data.zone_lookup = fix(self.data.zone_lookup)
         self.data.zone_centroids = fix(self.data.zone_centroids)
@@ -293,6 +294,14 @@ class Settings(_Section):
     @property
     def mlflow_artifacts(self) -> Path:
         return self.lakehouse / "mlflow" / "artifacts"
+
+    @property
+    def catalog_dir(self) -> Path:
+        """Spark's session catalog (warehouse folder and Derby home): beside a local lakehouse; on local disk for an
+        object-store one, where the jobs only ever register external tables in it."""
+        if isinstance(self.lakehouse, Path):
+            return self.lakehouse / "_catalog"
+        return Path(tempfile.gettempdir()) / f"taxi-catalog-{os.getuid()}"
 
     @property
     def reports_dir(self) -> Path:

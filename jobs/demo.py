@@ -15,6 +15,7 @@ from .config import Settings
 from .errors import MonthRejected
 from .log import JobLog
 from .months import add_months, month_start, months_between
+from .validation.gx import DOCS_INDEX, OVERVIEW, published_root
 
 
 def shipped_months(settings: Settings, service: str) -> list[str]:
@@ -56,8 +57,9 @@ def run(spark, settings: Settings) -> dict[str, Any]:
     lakehouse.read(spark, settings, lakehouse.VALIDATION_RUNS).orderBy("started_at").select(
         "service", "month", "verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share"
     ).dropDuplicates(["service", "month"]).orderBy("service", "month").show(50, truncate=False)
-    print(f"Data Docs (validation reports): {validate.GxRunner(settings).docs_index}")
-    print(f"Validation overview (months side by side): {validate.GxRunner(settings).overview_page}")
+    reports = published_root(settings)
+    print(f"Data Docs (validation reports): {reports / DOCS_INDEX}")
+    print(f"Validation overview (months side by side): {reports / OVERVIEW}")
     print(f"MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
     print(
         f"Training (green until {add_months(last, -1)}): best {trained['best_candidate']} "

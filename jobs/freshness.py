@@ -29,28 +29,22 @@ def inputs_record(runs: dict[str, str]) -> str:
 
 def _silver_runs(settings: Settings, service: str, months: list[str]) -> dict[str, str]:
     """{month: the validation run whose rows are in silver now} for the months that have validated rows."""
-    from deltalake import DeltaTable
-
     if not lakehouse.exists(settings, lakehouse.TRIPS):
         return {}
-    df = DeltaTable(lakehouse.TRIPS.path(settings)).to_pandas(
-        filters=[("service", "=", service), ("month", "in", months)], columns=["month", "validation_run_id"]
-    )
+    df = lakehouse.query(settings, lakehouse.TRIPS, ["month", "validation_run_id"],
+                         [("service", "=", service), ("month", "in", months)])  # fmt: skip
     return dict(df.drop_duplicates("month")[["month", "validation_run_id"]].itertuples(index=False, name=None))
 
 
 def stale_months(settings: Settings, service: str, months: list[str]) -> dict[str, str]:
     """{features month: why it is stale} among ``months`` (months without features, or without a record, are
     skipped)."""
-    from deltalake import DeltaTable
-
     if not months or not lakehouse.exists(settings, lakehouse.FEATURES):
         return {}
-    table = DeltaTable(lakehouse.FEATURES.path(settings))
-    if COLUMN not in {f.name for f in table.schema().fields}:
+    if COLUMN not in lakehouse.column_names(settings, lakehouse.FEATURES):
         return {}
-    recorded = table.to_pandas(filters=[("service", "=", service), ("month", "in", months)],
-                               columns=["month", COLUMN]).drop_duplicates()  # fmt: skip
+    recorded = lakehouse.query(settings, lakehouse.FEATURES, ["month", COLUMN],
+                               [("service", "=", service), ("month", "in", months)]).drop_duplicates()  # fmt: skip
     history = settings.features.history_months
     stale = {}
     for month, record in recorded.itertuples(index=False, name=None):

@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import lakehouse
+from . import lakehouse, storage
 from .config import Settings
 from .errors import InputError
 from .log import JobLog
@@ -137,7 +138,8 @@ def _local_path(settings: Settings, source: str, label: str) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
+def sha256(path) -> str:
+    """Of a local or lakehouse file."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -199,48 +201,58 @@ def check_service_columns(columns: dict[str, str], service: str, label: str, fil
 
 
 def stage(settings: Settings, service: str, month: str, source: str, log: JobLog) -> LandedFile:
-    """Copy or download the source into a private staging folder and check it is a TLC trip file.
+    """Copy or download the source into a private staging folder of the raw zone and check it is a TLC trip file.
 
-    Nothing in the raw zone changes until :func:`commit_landing`, so a refused file leaves no trace.
+    Nothing in the raw zone outside ``_staging`` changes until :func:`commit_landing`, so a refused file leaves no
+    trace. The checks read a local copy: on object storage it is fetched to a temporary folder and uploaded to
+    the staging folder only once it passes.
     """
     label = f"{service} {month}"
     name = Path(urllib.parse.urlparse(source).path).name or f"{service}_tripdata_{month}.parquet"
     staging = settings.raw_dir / "_staging" / lakehouse.new_run_id(f"{service}-{month}")
-    staging.mkdir(parents=True)
-    staged = staging / name
+    work = Path(tempfile.mkdtemp(prefix="taxi-stage-")) if storage.is_remote(staging) else staging
+    work.mkdir(parents=True, exist_ok=True)
+    local = work / name
     try:
         if source.startswith(("http://", "https://")):
             log.info("downloading", url=source)
             try:
                 with (
                     urllib.request.urlopen(source, timeout=settings.ingest.download_timeout_s) as r,
-                    open(staged, "wb") as out,
+                    open(local, "wb") as out,
                 ):
                     shutil.copyfileobj(r, out)
             except OSError as e:
                 raise InputError(f"{label}: could not download {source}: {e}") from e
         else:
-            shutil.copyfile(_local_path(settings, source, label), staged)
-        fmt, columns = inspect_file(staged, label)
+            shutil.copyfile(_local_path(settings, source, label), local)
+        fmt, columns = inspect_file(local, label)
         check_trip_columns(columns, label, name)
         check_service_columns(columns, service, label, name)
+        staged = LandedFile(str(staging / name), source, sha256(local), fmt, local.stat().st_size, columns)
+        if work != staging:
+            storage.upload(local, staging / name)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.remove_tree(staging)
         raise
-    return LandedFile(str(staged), source, sha256(staged), fmt, staged.stat().st_size, columns)
+    finally:
+        if work != staging:
+            shutil.rmtree(work, ignore_errors=True)
+    return staged
 
 
 def commit_landing(settings: Settings, service: str, month: str, staged: LandedFile) -> LandedFile:
     """Move the staged file into ``raw/<service>/<month>/`` (replacing an earlier landing) with its checksum."""
     target_dir = settings.raw_dir / service / month
-    target_dir.mkdir(parents=True, exist_ok=True)
-    src = Path(staged.path)
-    for old in target_dir.iterdir():  # one landed file per month: a re-land replaces it (the accepted copy stays)
+    storage.makedirs(target_dir)
+    src = storage.location(staged.path)
+    # One landed file per month: a re-land replaces it (the accepted copy stays).
+    for old in target_dir.iterdir() if target_dir.exists() else ():
         if old.is_file() and old.name != src.name:
             old.unlink()
     final = target_dir / src.name
-    os.replace(src, final)
-    shutil.rmtree(src.parent, ignore_errors=True)
+    storage.move(src, final)
+    storage.remove_tree(src.parent)
     landed = LandedFile(**{**asdict(staged), "path": str(final)})
     (target_dir / f"{src.name}.sha256").write_text(f"{landed.checksum}  {src.name}\n")
     (target_dir / "_landing.json").write_text(json.dumps(asdict(landed), indent=1))
@@ -255,47 +267,45 @@ def mark_accepted(settings: Settings, service: str, month: str, landed: LandedFi
     so a later rejected re-landing can be undone."""
     folder = settings.raw_dir / service / month / ACCEPTED
     staging = folder.with_name(f".{ACCEPTED}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    src = Path(landed.path)
-    try:
-        os.link(src, staging / src.name)
-    except OSError:
-        shutil.copy2(src, staging / src.name)
+    storage.remove_tree(staging)
+    storage.makedirs(staging)
+    src = storage.location(landed.path)
+    storage.copy(src, staging / src.name)
     (staging / "_landing.json").write_text(json.dumps({**asdict(landed), "bronze_version": bronze_version}, indent=1))
-    shutil.copy2(src.parent / "_landing.json", staging / "_landing.month.json")  # put back verbatim on a restore
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    storage.copy(src.parent / "_landing.json", staging / "_landing.month.json")  # put back verbatim on a restore
+    storage.remove_tree(folder)
+    storage.move(staging, folder)
 
 
 def set_aside_rejected(settings: Settings, service: str, month: str, landed: LandedFile, run_id: str,
-                       reason: str) -> Path:  # fmt: skip
+                       reason: str):  # fmt: skip
     """Move a rejected landed file to ``raw/_rejected/<service>/<month>/<run_id>/`` with its checksum and reason, and
-    put the last accepted file (if any) back in its place. Returns the rejected file's new path."""
+    put the last accepted file (if any) back in its place. Returns the rejected file's new location."""
     month_dir = settings.raw_dir / service / month
     aside = settings.raw_dir / "_rejected" / service / month / run_id
-    aside.mkdir(parents=True, exist_ok=True)
-    src = Path(landed.path)
-    os.replace(src, aside / src.name)
+    storage.makedirs(aside)
+    src = storage.location(landed.path)
+    storage.move(src, aside / src.name)
     (aside / "_rejected.json").write_text(
         json.dumps({**asdict(landed), "path": str(aside / src.name), "run_id": run_id, "reason": reason}, indent=1)
     )
     for leftover in (month_dir / f"{src.name}.sha256", month_dir / "_landing.json"):
-        leftover.unlink(missing_ok=True)
+        if leftover.exists():
+            leftover.unlink()
     accepted = accepted_landing(settings, service, month)
     if accepted is not None:
         landed_back, _ = accepted
         name = Path(landed_back.path).name
-        shutil.copy2(month_dir / ACCEPTED / name, month_dir / name)
+        storage.copy(month_dir / ACCEPTED / name, month_dir / name)
         (month_dir / f"{name}.sha256").write_text(f"{landed_back.checksum}  {name}\n")
-        shutil.copy2(month_dir / ACCEPTED / "_landing.month.json", month_dir / "_landing.json")
+        storage.copy(month_dir / ACCEPTED / "_landing.month.json", month_dir / "_landing.json")
     return aside / src.name
 
 
 def accepted_landing(settings: Settings, service: str, month: str) -> tuple[LandedFile, int] | None:
     """The last accepted landing of the month and the bronze version holding its rows, if there is one."""
     manifest = settings.raw_dir / service / month / ACCEPTED / "_landing.json"
-    if not manifest.exists():
+    if not storage.exists(manifest):
         return None
     data = json.loads(manifest.read_text())
     version = data.pop("bronze_version")
@@ -303,13 +313,13 @@ def accepted_landing(settings: Settings, service: str, month: str) -> tuple[Land
 
 
 def discard(staged: LandedFile) -> None:
-    shutil.rmtree(Path(staged.path).parent, ignore_errors=True)
+    storage.remove_tree(storage.location(staged.path).parent)
 
 
 def landed_file(settings: Settings, service: str, month: str) -> LandedFile | None:
     """The month's landed file, located in this lakehouse's raw zone (so a copied or moved lakehouse still works)."""
     manifest = settings.raw_dir / service / month / "_landing.json"
-    if not manifest.exists():
+    if not storage.exists(manifest):
         return None
     landed = json.loads(manifest.read_text())
     return LandedFile(**{**landed, "path": str(manifest.parent / Path(landed["path"]).name)})

@@ -13,8 +13,8 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import storage
 from .config import Settings
 from .errors import MissingUpstream
 
@@ -28,8 +28,12 @@ class Table:
     partition_by: tuple[str, ...] = ("service", "month")
     producer: str = ""  # the command that writes it, for error messages
 
+    def location(self, settings: Settings):
+        return settings.lakehouse / self.relpath
+
     def path(self, settings: Settings) -> str:
-        return str(settings.lakehouse / self.relpath)
+        """The table's URI as Spark and delta-rs take it (a local path or s3a://...)."""
+        return str(self.location(settings))
 
 
 BRONZE = Table("bronze_trips", "bronze/trips", producer="taxi ingest")
@@ -50,7 +54,63 @@ def new_run_id(stage: str) -> str:
 
 
 def exists(settings: Settings, table: Table) -> bool:
-    return (Path(table.path(settings)) / "_delta_log").is_dir()
+    return storage.exists(table.location(settings) / "_delta_log")
+
+
+def delta_rs(settings: Settings, table: Table, version: int | None = None):
+    """The table through delta-rs (no JVM: sensors, decisions, lineage), local or on object storage."""
+    return storage.delta_table(table.location(settings), **({} if version is None else {"version": version}))
+
+
+def _literal(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def query(settings: Settings, table: Table, columns: list[str] | None = None,
+          filters: list[tuple[str, str, object]] | None = None, version: int | None = None):  # fmt: skip
+    """Rows of a table as pandas, without a JVM: ``filters`` are ``(column, "=" | "in", value)`` conjunctions.
+
+    Through delta-rs's own query engine (DataFusion) rather than its pyarrow dataset, whose object-store reads
+    leave threads that abort the interpreter at exit.
+    """
+    import pyarrow as pa
+    from deltalake import QueryBuilder
+
+    where = []
+    for column, op, value in filters or []:
+        if op == "=":
+            where.append(f'"{column}" = {_literal(value)}')
+        elif op == "in":
+            where.append(f'"{column}" IN ({", ".join(_literal(v) for v in value)})' if value else "false")
+        else:
+            raise ValueError(f"unsupported filter operator {op!r}")
+    select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    sql = f"SELECT {select} FROM t" + (f" WHERE {' AND '.join(where)}" if where else "")
+    reader = QueryBuilder().register("t", delta_rs(settings, table, version)).execute(sql)
+    table = pa.table(reader.read_all())  # an Arrow C stream (arro3) -> pyarrow
+    # DataFusion answers with string views, which pandas cannot take inside lists: plain strings instead.
+    plain = pa.schema([f.with_type(_without_views(f.type)) for f in table.schema])
+    return table.cast(plain).to_pandas()
+
+
+def _without_views(kind):
+    import pyarrow as pa
+
+    if pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_binary_view(kind):
+        return pa.binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind):
+        return pa.list_(_without_views(kind.value_type))
+    if pa.types.is_map(kind):
+        return pa.map_(_without_views(kind.key_type), _without_views(kind.item_type))
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_without_views(f.type)) for f in kind])
+    return kind
+
+
+def column_names(settings: Settings, table: Table) -> set[str]:
+    return {f.name for f in delta_rs(settings, table).schema().fields}
 
 
 def partition_predicate(service: str, month: str | None = None) -> str:

@@ -8,10 +8,9 @@ file (path in the raw zone, its sha256 recomputed now and compared with the one 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from . import ingest, lakehouse, registry
+from . import ingest, lakehouse, registry, storage
 from .config import Settings
 from .errors import InputError, MissingUpstream
 from .modeling import setup_mlflow
@@ -29,12 +28,10 @@ SHOWN = {
 
 def _row(settings: Settings, table, service: str, trip_id: str, month: str | None, version: int | None = None):
     """The trip's row in ``table`` (at ``version``), as a dict of the shown columns, or None."""
-    from deltalake import DeltaTable
-
     if not lakehouse.exists(settings, table):
         return None
     filters = [("service", "=", service), ("trip_id", "=", trip_id)] + ([("month", "=", month)] if month else [])
-    df = DeltaTable(table.path(settings), version=version).to_pandas(filters=filters)
+    df = lakehouse.query(settings, table, filters=filters, version=version)
     if df.empty:
         return None
     row = df.sort_values("duplicate_rank").iloc[0] if "duplicate_rank" in df else df.iloc[0]
@@ -53,14 +50,13 @@ def _plain(value: Any) -> Any:
 
 
 def _validation_run(settings: Settings, service: str, run_id: str) -> dict[str, Any] | None:
-    from deltalake import DeltaTable
-
     if not lakehouse.exists(settings, lakehouse.VALIDATION_RUNS):
         return None
-    df = DeltaTable(lakehouse.VALIDATION_RUNS.path(settings)).to_pandas(
-        filters=[("service", "=", service), ("run_id", "=", run_id)],
-        columns=["run_id", "verdict", "started_at", "suite_versions", "landed_file", "landed_checksum", "data_docs"],
-    )
+    df = lakehouse.query(
+        settings, lakehouse.VALIDATION_RUNS,
+        ["run_id", "verdict", "started_at", "suite_versions", "landed_file", "landed_checksum", "data_docs"],
+        [("service", "=", service), ("run_id", "=", run_id)],
+    )  # fmt: skip
     return {k: _plain(v) for k, v in df.iloc[0].items()} if len(df) else None
 
 
@@ -68,8 +64,8 @@ def _raw_file(settings: Settings, service: str, month: str, checksum: str) -> di
     """The raw-zone file whose checksum the bronze row records: the landed one, or the last accepted copy."""
     accepted = ingest.accepted_landing(settings, service, month)
     for landed in (ingest.landed_file(settings, service, month), accepted[0] if accepted else None):
-        if landed is not None and landed.checksum == checksum and Path(landed.path).exists():
-            path = Path(landed.path)
+        if landed is not None and landed.checksum == checksum and storage.location(landed.path).exists():
+            path = storage.location(landed.path)
             return {
                 "path": str(path),
                 "source": landed.source,

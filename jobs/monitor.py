@@ -18,7 +18,7 @@ import json
 import math
 from typing import Any
 
-from . import lakehouse, registry
+from . import lakehouse, registry, storage
 from .config import Settings
 from .errors import MissingUpstream
 from .features import TARGET
@@ -187,7 +187,7 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
         .collect()
     )
     out_dir = settings.reports_dir / "drift" / service
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out_dir)
     report_path = out_dir / f"{week}.html"
     exp = experiment_id(settings, f"monitor-{service}")
     mlflow.set_experiment(experiment_id=exp)
@@ -196,12 +196,12 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
                            "model_version": mv.version, "current_rows": n_current})  # fmt: skip
         mlflow.log_metrics({_metric_name(r): r["value"] for r in records if not math.isnan(r["value"])})
         mlflow.set_tags({"verdict": result["verdict"], "retrain": str(retrain)})
-        report_path.write_text(
-            html_report(summary, judgements, records, specs, ref_counts, cur_counts,
-                        zone_names(settings.data.zone_lookup), residuals, scatter,
-                        [(r.week, r.value) for r in history], mlflow_link(settings, exp, mrun.info.run_id))
-        )  # fmt: skip
-        mlflow.log_artifact(str(report_path), "report")
+        trend = [(r.week, r.value) for r in history]
+        page = html_report(summary, judgements, records, specs, ref_counts, cur_counts,
+                           zone_names(settings.data.zone_lookup), residuals, scatter, trend,
+                           mlflow_link(settings, exp, mrun.info.run_id))  # fmt: skip
+        report_path.write_text(page)
+        mlflow.log_text(page, f"report/{report_path.name}")
     summary.update(report=str(report_path), drift_version=version, run_id=run_id, mlflow_run_id=mrun.info.run_id)
     (out_dir / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
     current.unpersist()

@@ -61,12 +61,10 @@ def comparison(spark, settings: Settings, service: str, target, current) -> dict
 
 def require_shadow_wins(settings: Settings, service: str, version: int, weeks: int) -> None:
     """Refuse a promotion the shadow weeks do not support (train.promote_after_shadow_weeks > 0)."""
-    from deltalake import DeltaTable
-
     rows = None
     if lakehouse.exists(settings, lakehouse.DRIFT):
         only = [("service", "=", service), ("feature", "=", "_shadow")]
-        rows = DeltaTable(lakehouse.DRIFT.path(settings)).to_pandas(columns=["week", "metric", "value"], filters=only)
+        rows = lakehouse.query(settings, lakehouse.DRIFT, ["week", "metric", "value"], only)
     if rows is None or rows.empty:
         raise InputError(f"{settings.registered_model(service)} v{version}: promotion needs {weeks} monitored weeks "
                          f"of shadow wins (train.promote_after_shadow_weeks); no week ran a shadow yet: put it in "

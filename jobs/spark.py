@@ -7,12 +7,15 @@ JARs, and every later session (and ``spark-submit --jars $(taxi jars)``) uses th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
+from . import storage
 from .config import Settings
 
 log = logging.getLogger("taxi.spark")
@@ -23,29 +26,40 @@ DELTA_CONF = {
 }
 
 
-def _manifest(cache: Path) -> Path:
-    return cache / "manifest.json"
+def session_packages(settings: Settings, object_store: bool | None = None) -> list[str]:
+    """Maven packages this lakehouse needs: the configured ones, plus the S3 connector for an object store."""
+    if object_store is None:
+        object_store = storage.is_remote(settings.lakehouse)
+    extra = [p for p in settings.spark.object_store_packages if p not in settings.spark.packages]
+    return [*settings.spark.packages, *(extra if object_store else [])]
+
+
+def _manifest(settings: Settings, packages: list[str]) -> Path:
+    # One manifest per package set: a local and an object-store lakehouse share the Ivy cache, not the JAR list.
+    digest = hashlib.blake2b("\n".join(packages).encode(), digest_size=6).hexdigest()
+    return settings.spark.jar_cache / f"manifest-{digest}.json"
 
 
 def cached_jars(settings: Settings) -> list[str] | None:
-    """Resolved JAR paths if the cache holds exactly the configured packages, else None."""
-    path = _manifest(settings.spark.jar_cache)
+    """Resolved JAR paths if the cache holds exactly the packages this lakehouse needs, else None."""
+    packages = session_packages(settings)
+    path = _manifest(settings, packages)
     if not path.exists():
         return None
     manifest = json.loads(path.read_text())
     jars = manifest.get("jars", [])
-    if manifest.get("packages") != settings.spark.packages or not all(Path(j).exists() for j in jars):
+    if manifest.get("packages") != packages or not all(Path(j).exists() for j in jars):
         return None
     return jars
 
 
-def _record_resolved(settings: Settings) -> list[str]:
-    ivy_jars = settings.spark.jar_cache / "ivy" / "jars"
-    jars = sorted(str(p) for p in ivy_jars.glob("*.jar"))
-    _manifest(settings.spark.jar_cache).write_text(
-        json.dumps({"packages": settings.spark.packages, "jars": jars}, indent=1)
-    )
-    log.info("resolved %d JARs for %s into %s", len(jars), settings.spark.packages, ivy_jars)
+def _record_resolved(settings: Settings, spark) -> list[str]:
+    packages = session_packages(settings)
+    # What Ivy resolved for exactly these packages (spark-submit lists them in spark.jars), not all its cache holds.
+    resolved = spark.sparkContext.getConf().get("spark.jars", "")
+    jars = sorted(urllib.parse.urlparse(j).path for j in resolved.split(",") if j)
+    _manifest(settings, packages).write_text(json.dumps({"packages": packages, "jars": jars}, indent=1))
+    log.info("resolved %d JARs for %s into %s", len(jars), packages, settings.spark.jar_cache / "ivy" / "jars")
     return jars
 
 
@@ -81,18 +95,20 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     builder = SparkSession.builder.master(settings.spark.master).appName(app_name or settings.spark.app_name)
+    packages = session_packages(settings)
     jars = cached_jars(settings)
     if jars:
         builder = builder.config("spark.jars", ",".join(jars))
-    elif settings.spark.packages:
+    elif packages:
         settings.spark.jar_cache.mkdir(parents=True, exist_ok=True)
-        log.info("resolving %s from Maven (once; cached in %s)", settings.spark.packages, settings.spark.jar_cache)
-        builder = builder.config("spark.jars.packages", ",".join(settings.spark.packages)).config(
+        log.info("resolving %s from Maven (once; cached in %s)", packages, settings.spark.jar_cache)
+        builder = builder.config("spark.jars.packages", ",".join(packages)).config(
             "spark.jars.ivy", str(settings.spark.jar_cache / "ivy")
         )
-    warehouse = settings.lakehouse / "_catalog"
+    warehouse = settings.catalog_dir
     conf = {
         **DELTA_CONF,
+        **(storage.spark_conf() if storage.is_remote(settings.lakehouse) else {}),
         "spark.sql.warehouse.dir": str(warehouse),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",
         **settings.spark.conf,
@@ -102,8 +118,8 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    if not jars and settings.spark.packages:
-        _record_resolved(settings)
+    if not jars and packages:
+        _record_resolved(settings, spark)
     return spark
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .config import Settings
 from .errors import InputError
 from .months import add_months, check_month, check_service, month_start
@@ -102,6 +103,9 @@ def run(settings: Settings, service: str, month: str, rows: int, out: str | None
     ref, schema = load_reference(settings, service)
     if month < "2025-01" and "cbd_congestion_fee" in schema.names:  # the fee exists from 2025 on
         schema = schema.remove(schema.get_field_index("cbd_congestion_fee"))
+    if not out and storage.is_remote(settings.lakehouse):
+        raise InputError(f"{service} {month}: the lakehouse is on object storage: give --out, a local path that "
+                         "`taxi ingest --source` then lands from")  # fmt: skip
     target = Path(out) if out else settings.lakehouse / "synth" / f"{service}_tripdata_{month}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")

@@ -24,7 +24,7 @@ from .errors import MissingUpstream, MonthRejected
 from .log import JobLog, spark_progress
 from .months import add_months, check_month, check_service
 from .reports import validation_overview
-from .validation.gx import GxRunner, gx_lock
+from .validation.gx import DOCS_INDEX, OVERVIEW, GxRunner, gx_project, published_root
 from .validation.suites import Suite
 
 
@@ -181,8 +181,9 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
     file_suite, row_suite = Suite.load(service, "file"), Suite.load(service, "rows")
     # The GX project (its config, stores and Data Docs) is shared by every validation of this lakehouse: one at a
     # time, so green and yellow validated together cannot corrupt it.
-    with gx_lock(settings):
-        gx_runner = GxRunner(settings)
+    with gx_project(settings) as gx_root:
+        gx_runner = GxRunner(settings, gx_root)
+        published = published_root(settings)
         run_name = f"{service}-{month}-{run_id}"
 
         with spark_progress(spark, log):
@@ -237,7 +238,7 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
                     "file_rules_failed": [r.rule for r in file_outcome.failed],
                     "suite_versions": {file_suite.name: file_suite.version, row_suite.name: row_suite.version},
                     "bronze_version": bronze_version,
-                    "data_docs": str(gx_runner.docs_index),
+                    "data_docs": str(published / DOCS_INDEX),
                     "landed_file": Path(landed.path).name,
                     "landed_checksum": landed.checksum,
                     "set_aside": None,
@@ -257,7 +258,8 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
             record["set_aside"] = str(undo_landing(spark, settings, service, month, landed, run_id, record["reason"]))
             log.info("rejected file set aside", file=record["set_aside"])
         lakehouse.append(_runs_row(spark, record), settings, lakehouse.VALIDATION_RUNS, run_id, merge_schema=True)
-        overview = write_overview(spark, settings, gx_runner)
+        write_overview(spark, settings, gx_runner)
+        overview = published / OVERVIEW
     log.info(
         "done",
         verdict=verdict,
@@ -265,7 +267,7 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
         valid=record["rows_valid"],
         quarantined=record["rows_quarantined"],
         failed_share=round(failed_share, 4),
-        data_docs=gx_runner.docs_index,
+        data_docs=record["data_docs"],
         overview=overview,
         duration_s=round(log.elapsed(), 1),
     )

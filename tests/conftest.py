@@ -155,13 +155,28 @@ def _fingerprint(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def build_golden(spark, s) -> dict[str, Any]:
+    """The golden sequence of jobs on the lakehouse of ``s`` (also run on an object store, test_object_store)."""
+    from jobs import features, ingest, monitor, score, train, validate
+
+    summaries = {}
+    for month in GOLDEN_GREEN:
+        summaries[f"ingest {month}"] = ingest.run(spark, s, "green", month)
+        summaries[f"validate {month}"] = validate.run(spark, s, "green", month)
+        summaries[f"features {month}"] = features.run(spark, s, "green", month)
+    summaries["train"] = train.run(spark, s, "green", "2023-01", months=13)
+    summaries["score"] = score.run(spark, s, "green", "2023-02")
+    for week in GOLDEN_WEEKS:
+        summaries[f"monitor {week}"] = monitor.run(spark, s, "green", week)
+    summaries["monitor"] = summaries[f"monitor {GOLDEN_WEEK}"]
+    return json.loads(json.dumps(summaries, default=str))  # what a reused build reads back
+
+
 @pytest.fixture(scope="session")
 def golden(spark, tmp_path_factory):
     """The shipped green months through ingest -> validate -> features, a training run until 2023-01 (validated on
     2023-01), scoring of 2023-02 and the drift reports of its complete weeks (``summaries["monitor"]`` is 2023-W06,
     ``summaries["monitor <week>"]`` each). Read-only: tests that write use ``lake``."""
-    from jobs import features, ingest, monitor, score, train, validate
-
     keep = os.environ.get("TAXI_TEST_GOLDEN_DIR")  # developer loop: build once, reuse across pytest runs
     root = Path(keep) if keep else tmp_path_factory.mktemp("golden")
     s = settings_for(root / "lakehouse")
@@ -171,16 +186,7 @@ def golden(spark, tmp_path_factory):
         g.summaries = json.loads(saved.read_text())
     else:
         shutil.rmtree(s.lakehouse, ignore_errors=True)
-        for month in GOLDEN_GREEN:
-            g.summaries[f"ingest {month}"] = ingest.run(spark, s, "green", month)
-            g.summaries[f"validate {month}"] = validate.run(spark, s, "green", month)
-            g.summaries[f"features {month}"] = features.run(spark, s, "green", month)
-        g.summaries["train"] = train.run(spark, s, "green", "2023-01", months=13)
-        g.summaries["score"] = score.run(spark, s, "green", "2023-02")
-        for week in GOLDEN_WEEKS:
-            g.summaries[f"monitor {week}"] = monitor.run(spark, s, "green", week)
-        g.summaries["monitor"] = g.summaries[f"monitor {GOLDEN_WEEK}"]
-        g.summaries = json.loads(json.dumps(g.summaries, default=str))  # what a reused build reads back
+        g.summaries = build_golden(spark, s)
         saved.write_text(json.dumps(g.summaries))
     before = _fingerprint(s.lakehouse)
     yield g

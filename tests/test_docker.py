@@ -32,14 +32,25 @@ def test_compose_file_is_valid_against_the_compose_spec_and_has_the_stack():
     spec = {k: v for k, v in _compose().items() if not k.startswith("x-")}
     compose = PyCompose.from_json(json.dumps(spec))
     assert sorted(compose.service_names()) == [
-        "airflow-api-server", "airflow-dag-processor", "airflow-init", "airflow-scheduler", "mlflow", "postgres",
-        "spark-master", "spark-worker-1", "spark-worker-2",
+        "airflow-api-server", "airflow-dag-processor", "airflow-init", "airflow-scheduler", "minio", "minio-init",
+        "mlflow", "postgres", "spark-master", "spark-worker-1", "spark-worker-2",
     ]  # fmt: skip
     services = spec["services"]
     assert services["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert "--backend-store-uri postgresql://" in " ".join(services["mlflow"]["command"].split())
-    for name in ("airflow-scheduler", "spark-worker-1", "spark-worker-2", "spark-master"):
-        assert "lakehouse:/lakehouse" in services[name]["volumes"]
+    # The lakehouse and MLflow's artifacts live in MinIO: every process that touches them sees the same bucket, the
+    # endpoint and the credentials (from taxi.env), and nothing holds a lakehouse volume any more.
+    assert "--artifacts-destination s3://taxi-lake/mlflow" in " ".join(services["mlflow"]["command"].split())
+    assert "mb --ignore-existing lake/taxi-lake" in " ".join(services["minio-init"]["entrypoint"])
+    for name in ("airflow-scheduler", "spark-worker-1", "spark-worker-2", "spark-master", "mlflow"):
+        env = services[name]["environment"]
+        assert env.get("AWS_ENDPOINT_URL") == "http://minio:9000", name
+        assert env["AWS_SECRET_ACCESS_KEY"] == "${MINIO_ROOT_PASSWORD}", name
+        assert not any(v.startswith("lakehouse:") for v in services[name].get("volumes", [])), name
+    for name in ("airflow-scheduler", "spark-worker-1", "spark-master"):
+        assert services[name]["environment"]["TAXI_LAKEHOUSE"] == "s3a://taxi-lake/lake", name
+    assert services["airflow-init"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "taxi jars --object-store" in (DOCKER / "Dockerfile").read_text()  # the image carries the S3A JARs
 
 
 def test_images_are_pinned():

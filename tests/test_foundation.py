@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -87,8 +88,9 @@ def test_env_overrides_and_overlay_file(tmp_path):
         ({"TAXI__SPARK__MASTER": "ftp://x"}, "unsupported Spark master"),
         ({"TAXI__FEATURES__NO_SUCH_KEY": "1"}, "no_such_key"),
         ({"TAXI_CONF": "/nonexistent.yaml"}, "config file not found"),
-        ({"TAXI_LAKEHOUSE": "s3a://taxi-bucket/lake"}, "lakehouse s3a://taxi-bucket/lake: .* s3a:// URI is refused"),
-        ({"TAXI_LAKEHOUSE": "abfss://c@acct.dfs.core.windows.net/lake"}, "abfss:// URI is refused"),
+        ({"TAXI_LAKEHOUSE": "s3a://taxi-bucket/lake"}, "lakehouse s3a://taxi-bucket/lake: the embedded MLflow store"),
+        ({"TAXI_LAKEHOUSE": "abfss://c@acct.dfs.core.windows.net/lake"}, "abfss:// is not supported"),
+        ({"TAXI_LAKEHOUSE": "s3a://", "MLFLOW_TRACKING_URI": "http://m:5000"}, "name a bucket"),
         ({"TAXI__MONITOR__COVERAGE_MIN": "0.9"}, "coverage_min must be below coverage_max"),
     ],
 )
@@ -97,13 +99,44 @@ def test_invalid_config_names_the_key(env, fragment):
         load_settings(env=env)
 
 
-def test_an_object_store_lakehouse_is_refused_at_start_up_and_nothing_is_written(tmp_path):
-    env = {**os.environ, "TAXI_LAKEHOUSE": "s3a://taxi-bucket/lake"}
+def test_an_unsupported_lakehouse_scheme_is_refused_at_start_up_and_nothing_is_written(tmp_path):
+    env = {**os.environ, "TAXI_LAKEHOUSE": "gs://taxi-bucket/lake"}
     out = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--service", "green", "--month", "2023-01"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 2 and "s3a:// URI is refused" in out.stderr, out.stderr[-2000:]
-    assert list(tmp_path.iterdir()) == [] and not (ROOT / "s3a:").exists()  # no folder named after the scheme
+    assert out.returncode == 2 and "gs:// is not supported" in out.stderr, out.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == [] and not (ROOT / "gs:").exists()  # no folder named after the scheme
     assert load_settings(env={"TAXI_LAKEHOUSE": f"file://{tmp_path}/lake"}).lakehouse == tmp_path / "lake"
+
+
+def test_object_store_lakehouse_uris_and_the_connector_settings_come_from_the_aws_environment(monkeypatch):
+    from jobs import lakehouse, storage
+    from jobs.spark import session_packages
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    s = load_settings(env={"TAXI_LAKEHOUSE": "s3://taxi-bucket/lake/", "MLFLOW_TRACKING_URI": "http://m:5000"})
+    assert storage.is_remote(s.lakehouse) and str(s.lakehouse) == "s3a://taxi-bucket/lake"  # Hadoop's scheme
+    assert lakehouse.PREDICTIONS.path(s) == "s3a://taxi-bucket/lake/gold/predictions"
+    assert s.catalog_dir.is_absolute() and not s.catalog_dir.is_relative_to(ROOT)  # Derby never goes to the bucket
+    conf = storage.spark_conf()
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert not any("key" in k for k in conf)  # credentials stay in the environment
+    assert storage.delta_storage_options(s.lakehouse) == {
+        "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ALLOW_HTTP": "true",
+    }  # fmt: skip
+    import pyspark
+
+    hadoop = re.search(r"hadoop-client-api-([\d.]+)\.jar", " ".join(os.listdir(Path(pyspark.__file__).parent / "jars")))
+    assert session_packages(s)[-1] == f"org.apache.hadoop:hadoop-aws:{hadoop.group(1)}"  # must match Spark's Hadoop
+    local = load_settings(env={})
+    assert not storage.is_remote(local.lakehouse) and storage.delta_storage_options(local.lakehouse) is None
+    assert not any("hadoop-aws" in p for p in session_packages(local))  # the 270 MB SDK only where it is needed
 
 
 @pytest.mark.parametrize("bad", ["2023-13", "2023-00", "../x", "2023-1", "23-01", "", "2023-01; rm -rf /"])

@@ -11,19 +11,14 @@ from ..config import Settings
 
 def weeks_asking_for_retraining(settings: Settings, service: str, since: dt.datetime) -> list[str]:
     """ISO weeks of ``service`` reported at or after ``since`` whose verdict asked for retraining."""
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
-
     if not lakehouse.exists(settings, lakehouse.DRIFT):
         return []
-    table = DeltaTable(lakehouse.DRIFT.path(settings))
-    if "retrain" not in table.schema().to_arrow().names:  # written before the column existed
+    if "retrain" not in lakehouse.column_names(settings, lakehouse.DRIFT):  # written before the column existed
         return []
-    rows = table.to_pyarrow_dataset().to_table(filter=ds.field("service") == service,
-                                               columns=["week", "retrain", "computed_at"])  # fmt: skip
+    rows = lakehouse.query(settings, lakehouse.DRIFT, ["week", "retrain", "computed_at"], [("service", "=", service)])
     since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
     return sorted({
-        week for week, retrain, at in zip(*(rows[c].to_pylist() for c in ("week", "retrain", "computed_at")),
+        week for week, retrain, at in zip(*(rows[c].tolist() for c in ("week", "retrain", "computed_at")),
                                           strict=True)
         if retrain and at is not None and (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= since
     })  # fmt: skip

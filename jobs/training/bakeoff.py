@@ -12,6 +12,7 @@ import html
 import time
 from typing import Any
 
+from .. import storage
 from ..modeling import DISTANCE_BANDS, HOUR_BANDS, NativeModel, feature_matrix
 from ..reports.figures import png_base64
 
@@ -216,11 +217,11 @@ def publish(mlflow, settings, report: dict[str, Any]):
     import json
 
     out_dir = settings.reports_dir / "bakeoff" / report["service"]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out_dir)
     stem = f"{report['valid_month']}_{report['run_id'][:8]}"
-    page = out_dir / f"{stem}.html"
-    page.write_text(render(report))
+    page, text = out_dir / f"{stem}.html", render(report)
+    page.write_text(text)
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
-    mlflow.log_artifact(str(page), "bakeoff")
+    mlflow.log_text(text, f"bakeoff/{page.name}")
     mlflow.log_dict(json.loads(json.dumps(report, default=str)), "bakeoff/bakeoff.json")
     return page

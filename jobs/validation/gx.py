@@ -1,28 +1,59 @@
-"""Great Expectations: a file-backed context in the lakehouse's reports folder runs a suite through a checkpoint
-that rebuilds the Data Docs, which are then made to render offline (:mod:`jobs.reports.offline`)."""
+"""Great Expectations: a file-backed context (the lakehouse's reports folder, or a local copy of it) runs a suite
+through a checkpoint that rebuilds the Data Docs, which are then made to render offline (:mod:`jobs.reports.offline`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..config import Settings
 from ..reports.offline import make_offline
 from .suites import RuleOutcome, Suite, SuiteOutcome
 
+DOCS_INDEX = Path("gx") / "uncommitted" / "data_docs" / "local_site" / "index.html"
+OVERVIEW = Path("index.html")  # the validation overview (jobs.reports.validation_overview), next to the GX project
+
+
+def published_root(settings: Settings):
+    """Where readers find the GX project, its Data Docs and the overview: ``<lakehouse>/reports/validation``."""
+    return settings.reports_dir / "validation"
+
 
 @contextlib.contextmanager
-def gx_lock(settings: Settings):
-    """Hold the lakehouse's GX project exclusively (an OS file lock, released when the holder exits or dies)."""
+def gx_project(settings: Settings):
+    """Hold the lakehouse's GX project exclusively and yield it as a local folder.
+
+    GX's file context needs a local folder. For a local lakehouse that is the published folder itself; for one on
+    object storage, the project is fetched into a private local folder and published back (Data Docs included)
+    when the block succeeds, so a failed validation publishes nothing. The lock is an OS file lock (released when
+    the holder exits or dies): it serialises the validations of one machine; give an object-store lakehouse one
+    validating scheduler, as its Airflow pools do.
+    """
     import fcntl
 
-    root = settings.reports_dir / "validation"
+    published = published_root(settings)
+    remote = storage.is_remote(published)
+    digest = hashlib.blake2b(str(published).encode(), digest_size=6).hexdigest()
+    root = Path(tempfile.gettempdir()) / f"taxi-gx-{os.getuid()}-{digest}" if remote else published
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".gx.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            if remote:
+                for stale in root.iterdir():
+                    if stale.name != ".gx.lock":
+                        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+                storage.fetch_tree(published, root)
+            yield root
+            if remote:
+                storage.publish_tree(root, published)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -37,14 +68,13 @@ def month_rule(max_failed_share: float) -> dict[str, Any]:
 
 
 class GxRunner:
-    """A file-backed GX context in the lakehouse's reports folder: suites, results history and Data Docs."""
+    """A file-backed GX context in a local project folder (:func:`gx_project`): suites, results history, Data Docs."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, root: Path):
         import great_expectations as gx
 
         self.settings = settings
-        self.root = settings.reports_dir / "validation"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = root
         self.gx = gx
         self.context = gx.get_context(mode="file", project_root_dir=str(self.root))
         bars = self.context.variables.progress_bars
@@ -58,12 +88,11 @@ class GxRunner:
 
     @property
     def overview_page(self) -> Path:
-        """The validation overview (:mod:`jobs.reports.validation_overview`), next to the GX project."""
-        return self.root / "index.html"
+        return self.root / OVERVIEW
 
     @property
     def docs_index(self) -> Path:
-        return self.root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        return self.root / DOCS_INDEX
 
     def _batch_definition(self, asset_name: str):
         assets = {a.name: a for a in self.datasource.assets}

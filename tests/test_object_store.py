@@ -1,0 +1,192 @@
+"""The lakehouse on S3-compatible object storage: moto's S3 server and an MLflow server whose artifacts go to the same
+bucket, both started here on the loopback interface; the jobs run in their own processes with s3a:// URIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import lakehouse, storage
+
+from .conftest import GOLDEN_GREEN, ROOT, VOLATILE, job_env, table_checksum, taxi_bin, wait_until
+
+DEFAULT_TIER = "slow"  # tests without a tier marker of their own
+BUCKET = "taxi-lake"
+KILL_ROWS = 400_000  # a write of many seconds on local[1]: the kill lands while it is under way
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "taxi-test", "AWS_SECRET_ACCESS_KEY": "taxi-test-secret", "AWS_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def answers() -> bool:
+        assert proc.poll() is None, f"{cmd[0]} exited: {log.read_text()[-2000:]}"
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(f"{Path(cmd[0]).name} on port {port}", answers, timeout_s=120, interval_s=0.5)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def object_store(tmp_path_factory):
+    """(environment for a job on s3a://taxi-lake/lake, boto3 client): moto's S3 server and an MLflow server."""
+    import boto3
+
+    tmp = tmp_path_factory.mktemp("object-store")
+    s3_port, mlflow_port = _free_port(), _free_port()
+    aws = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    servers = [_serve([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                      s3_port, tmp / "moto.log", base)]  # fmt: skip
+    try:
+        client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        client.create_bucket(Bucket=BUCKET)
+        servers.append(_serve(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination",
+             f"s3://{BUCKET}/mlflow", "--workers", "1"],
+            mlflow_port, tmp / "mlflow.log", {**base, **aws, "MLFLOW_S3_ENDPOINT_URL": aws["AWS_ENDPOINT_URL"]},
+        ))  # fmt: skip
+        env = {**job_env(Path("unused")), **aws, "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/lake",
+               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}  # fmt: skip
+        with pytest.MonkeyPatch.context() as mp:  # this process reads the bucket too (delta-rs, the layer's checks)
+            for key, value in aws.items():
+                mp.setenv(key, value)
+            yield env, client
+    finally:
+        for proc in reversed(servers):
+            _stop(proc)
+
+
+def _keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _project_files() -> dict[str, int]:
+    """The project folder's files (outside the environment, the JAR cache and tool caches) and their mtimes."""
+    skip = {".git", ".venv", ".cache", "__pycache__", ".pytest_cache", ".ruff_cache"}
+    found = {}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            path = Path(folder) / name
+            found[str(path.relative_to(ROOT))] = path.stat().st_mtime_ns
+    return found
+
+
+def _object_store_settings(env):
+    from jobs.config import load_settings
+
+    return load_settings(env=env)
+
+
+def _checksum(settings, table, service: str, month: str) -> tuple[int, str]:
+    import hashlib
+
+    df = lakehouse.query(settings, table, filters=[("service", "=", service), ("month", "=", month)])
+    df = df[[c for c in sorted(df.columns) if c not in VOLATILE]].sort_values("trip_id").reset_index(drop=True)
+    return len(df), hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
+
+
+def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_gives(golden, object_store, tmp_path):
+    """The golden sequence (ingest -> validate -> features -> train -> score -> monitor) on s3a://, in a process of
+    its own: the same rows and predictions as the local golden lakehouse, and nothing written to the project."""
+    env, client = object_store
+    before = _project_files()
+    # The tests' own settings (small models...), then the object store's, which importing conftest would override.
+    script = (f"import json, os, sys; sys.path.insert(0, {str(ROOT)!r}); from tests.conftest import build_golden; "
+              "os.environ.update(json.loads(os.environ['TAXI_TEST_OBJECT_STORE'])); "
+              "from jobs.config import load_settings; from jobs.spark import get_spark; s = load_settings(); "
+              "print(json.dumps(build_golden(get_spark(s), s)))")  # fmt: skip
+    store = {k: env[k] for k in ("TAXI_LAKEHOUSE", "MLFLOW_TRACKING_URI")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=1500,
+                         env={**env, "TAXI_TEST_OBJECT_STORE": json.dumps(store)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    summaries = json.loads(out.stdout.strip().splitlines()[-1])
+    s3 = _object_store_settings(env)
+    local = golden.settings
+
+    for month in GOLDEN_GREEN:
+        for key in ("rows_total", "rows_valid", "rows_quarantined", "verdict"):
+            assert summaries[f"validate {month}"][key] == golden.summaries[f"validate {month}"][key], (month, key)
+        for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES):
+            assert _checksum(s3, table, "green", month)[0] == table_checksum(table.path(local), "green", month)[0]
+    # The same model choice and the same predictions, read back from the bucket by delta-rs with storage options.
+    assert summaries["train"]["candidates"] == golden.summaries["train"]["candidates"]  # same RMSEs, 4 decimals
+    assert summaries["train"]["bakeoff"].startswith(f"s3a://{BUCKET}/lake/reports/bakeoff/green/")
+    assert _checksum(s3, lakehouse.PREDICTIONS, "green", "2023-02") == table_checksum(
+        lakehouse.PREDICTIONS.path(local), "green", "2023-02")  # fmt: skip
+    assert summaries["monitor"]["verdict"] == golden.summaries["monitor"]["verdict"]
+
+    keys = _keys(client, "lake/")
+    for prefix in ("lake/raw/green/2023-02/green_tripdata_2023-02.parquet", "lake/raw/green/2023-02/_accepted/",
+                   "lake/gold/predictions/_delta_log/", "lake/monitoring/drift/_delta_log/",
+                   "lake/reports/validation/index.html", "lake/reports/validation/gx/uncommitted/data_docs/local_site/",
+                   "lake/reports/drift/green/2023-W06.html", "lake/reports/bakeoff/green/"):  # fmt: skip
+        assert any(k.startswith(prefix) for k in keys), f"nothing at s3://{BUCKET}/{prefix}"
+    assert not any("/_staging/" in k for k in keys)  # every staged file was landed or discarded
+    assert summaries["validate 2023-02"]["data_docs"].startswith(f"s3a://{BUCKET}/lake/reports/validation/")
+    assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in _keys(client, "mlflow/"))  # models too
+
+    after = _project_files()
+    assert after == before, sorted(k for k in after.keys() | before.keys() if after.get(k) != before.get(k))[:10]
+    assert not (ROOT / "s3a:").exists() and not (tmp_path / "s3a:").exists()
+
+
+def test_a_killed_ingest_on_object_storage_leaves_the_table_at_its_previous_version(object_store, tmp_path):
+    env, client = object_store
+    env = {**env, "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/killed", "TAXI__SPARK__MASTER": "local[1]",
+           # Many data files one after another: the kill lands after the first is visible and long before the commit.
+           "TAXI__SPARK__CONF__spark.sql.files.maxRecordsPerFile": "20000"}  # fmt: skip
+    s3 = _object_store_settings(env)
+    first = subprocess.run([taxi_bin(), "ingest", "--service", "green", "--month", "2023-01"], env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    version, rows = storage.delta_table(lakehouse.BRONZE.location(s3)).version(), json.loads(
+        first.stdout.strip().splitlines()[-1])["rows"]  # fmt: skip
+    big = tmp_path / "yellow_tripdata_2024-06.parquet"
+    subprocess.run([taxi_bin(), "synth", "--service", "yellow", "--month", "2024-06", "--rows", str(KILL_ROWS),
+                    "--out", str(big)], check=True, capture_output=True, env=env)  # fmt: skip
+    ingest = [taxi_bin(), "ingest", "--service", "yellow", "--month", "2024-06", "--source", str(big)]
+    proc = subprocess.Popen(ingest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    part = "killed/bronze/trips/service=yellow/month=2024-06/"
+    deadline = time.monotonic() + 300
+    while not _keys(client, part):  # the first data file is in the bucket: the write is under way
+        assert proc.poll() is None, "ingest ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _keys(client, part), "the kill should leave orphan data files behind (the table must not list them)"
+    table = storage.delta_table(lakehouse.BRONZE.location(s3))
+    assert table.version() == version
+    counts = lakehouse.query(s3, lakehouse.BRONZE, ["service", "month"])
+    assert len(counts) == rows and set(counts["service"]) == {"green"}
+    assert not _keys(client, "killed/raw/yellow/")  # the landing was never committed either
