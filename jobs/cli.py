@@ -224,6 +224,12 @@ def cmd_sql(settings, args):
     return _with_spark(settings, args, go)
 
 
+def cmd_migrate_timestamps(settings, args):
+    from . import lakehouse
+
+    return _with_spark(settings, args, lambda s: {"migrated": lakehouse.migrate_wall_clock(s, settings)})
+
+
 def cmd_lineage(settings, args):
     from . import lineage
 
@@ -448,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?", help="SQL to run; without it, list the registered tables")
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser(
+        "migrate-timestamps",
+        help="once, for a lakehouse written before trip times became wall-clock: rewrite every table's "
+        "pickup/dropoff times from TIMESTAMP to TIMESTAMP_NTZ (same values; time travel keeps the old version)",
+    )
+    p.set_defaults(func=cmd_migrate_timestamps)
 
     p = sub.add_parser(
         "lineage",

@@ -344,7 +344,7 @@ def run(spark, settings: Settings, service: str, month: str, source: str | None 
     name = Path(staged.path).name
     log.info("staged", file=name, format=staged.fmt, bytes=staged.size_bytes, sha256=staged.checksum[:12])
     try:
-        ingested_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        ingested_at = dt.datetime.now(dt.UTC).replace(microsecond=0)  # aware: the same instant in any local zone
         bronze = normalise(read_raw(spark, staged), service, month, name, staged.checksum, ingested_at)
         rows, share = share_in_month(bronze, month)
         if rows == 0:

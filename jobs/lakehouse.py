@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from . import storage
 from .config import Settings
-from .errors import MissingUpstream
+from .errors import InputError, MissingUpstream
 
 log = logging.getLogger("taxi.lakehouse")
 
@@ -162,9 +162,53 @@ def retry_on_conflict(write, what: str, retries: int, backoff_s: float) -> int:
     raise AssertionError("unreachable")
 
 
+WALL_CLOCK = ("pickup_datetime", "dropoff_datetime")  # TIMESTAMP_NTZ since the wall-clock migration
+
+
+def check_wall_clock(df, settings: Settings, table: Table) -> None:
+    """Refuse to write wall-clock trip times into a table written before they were TIMESTAMP_NTZ, naming the fix."""
+    if not any(c in df.columns for c in WALL_CLOCK) or not exists(settings, table):
+        return
+    stored = dict(df.sparkSession.read.format("delta").load(table.path(settings)).dtypes)
+    old = [c for c in WALL_CLOCK if stored.get(c) == "timestamp"]
+    if old:
+        raise InputError(f"table {table.relpath} stores {', '.join(old)} as TIMESTAMP (an instant), from before "
+                         "trip times became wall-clock TIMESTAMP_NTZ: run `taxi migrate-timestamps` once")  # fmt: skip
+
+
+def migrate_wall_clock(spark, settings: Settings) -> dict[str, dict]:
+    """Rewrite every table whose trip times are still TIMESTAMP as TIMESTAMP_NTZ (the same wall-clock values: the
+    session zone is UTC, in which they were stored); returns {table: {version, columns}} for the tables changed.
+
+    Per table: enable Delta's ``timestampNtz`` feature, then one overwrite commit with the new schema (time travel
+    keeps the old version). Idempotent: a table already migrated, or killed between the two steps, is handled.
+    """
+    from pyspark.sql import functions as F
+
+    run_id = new_run_id("migrate-timestamps")
+    changed = {}
+    for table in ALL_TABLES:
+        if not exists(settings, table):
+            continue
+        df = read(spark, settings, table)
+        old = [c for c, kind in df.dtypes if c in WALL_CLOCK and kind == "timestamp"]
+        if not old:
+            continue
+        path = table.path(settings)
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.feature.timestampNtz' = 'supported')")
+        migrated = df.select(*[F.col(c).cast("timestamp_ntz").alias(c) if c in old else F.col(c) for c in df.columns])
+        # The whole table, so static overwrite (the session's dynamic mode cannot change a schema).
+        writer = (migrated.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
+                  .option("overwriteSchema", "true").option("userMetadata", run_id))  # fmt: skip
+        (writer.partitionBy(*table.partition_by) if table.partition_by else writer).save(path)
+        changed[table.key] = {"version": version_written(spark, settings, table, run_id), "columns": old}
+    return changed
+
+
 def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: str, merge_schema: bool = False) -> int:
     """Atomically replace the rows matching ``predicate`` with ``df``; returns the Delta version written.
     ``merge_schema`` lets a newer job add columns to a table an older one wrote."""
+    check_wall_clock(df, settings, table)
     retry_on_conflict(
         lambda: (
             df.write.format("delta")
@@ -191,6 +235,7 @@ def replace_partition(df, settings: Settings, table: Table, run_id: str, service
 def append(df, settings: Settings, table: Table, run_id: str, merge_schema: bool = False) -> int:
     """Append rows as one commit (run logs, drift rows); returns the Delta version written. ``merge_schema`` lets
     a newer job add columns to a table an older one wrote."""
+    check_wall_clock(df, settings, table)
     writer = (df.write.format("delta").mode("append").option("userMetadata", run_id)
               .option("mergeSchema", str(merge_schema).lower()))  # fmt: skip
     if table.partition_by:

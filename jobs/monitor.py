@@ -29,7 +29,7 @@ from .monitoring.profile import accuracy, continuous_sample, profile_parts
 from .monitoring.report import html_report, zone_names
 from .monitoring.shadow import scoring_version
 from .monitoring.stats import binned_counts, drift_metrics, judge_features, retrain_decision, verdict
-from .months import add_weeks, check_service, check_week, month_start, week_bounds, week_months
+from .months import add_weeks, check_service, check_week, month_start, wall_clock, week_bounds, week_months
 from .training.intervals import P10, P90
 
 # The JSON next to each report: other tooling reads these keys.
@@ -55,7 +55,7 @@ def scored_week(spark, settings: Settings, service: str, week: str, table=lakeho
     preds = (
         scored.where(F.col("service") == service)
         .where(F.col("month").isin(months))
-        .where((F.col("pickup_datetime") >= start) & (F.col("pickup_datetime") < end))
+        .where((F.col("pickup_datetime") >= wall_clock(start)) & (F.col("pickup_datetime") < wall_clock(end)))
         .select("trip_id", PREDICTION, *bounds, "model_version")
     )
     feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)

@@ -71,6 +71,14 @@ def week_bounds(week: str) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=7)
 
 
+def wall_clock(moment: dt.datetime):
+    """A TIMESTAMP_NTZ literal of a naive datetime: compared with the trips' wall-clock times as it reads, with no
+    time zone (``F.lit(datetime)`` would go through this machine's zone)."""
+    from pyspark.sql import functions as F
+
+    return F.lit(moment.isoformat(sep=" ")).cast("timestamp_ntz")
+
+
 def week_months(week: str) -> list[str]:
     """The month partitions a week's trips can live in (a week can straddle two months)."""
     start, end = week_bounds(week)

@@ -6,11 +6,12 @@ Names follow the TLC data dictionary, without the service prefixes (``tpep_``/``
 
 from __future__ import annotations
 
-# (canonical name, Spark SQL type); order is the bronze column order.
+# (canonical name, Spark SQL type); order is the bronze column order. Pickup and dropoff are New York wall-clock
+# times, as the TLC publishes them: TIMESTAMP_NTZ (no time zone), so no reader's or machine's zone shifts them.
 TRIP_COLUMNS: list[tuple[str, str]] = [
     ("VendorID", "int"),
-    ("pickup_datetime", "timestamp"),
-    ("dropoff_datetime", "timestamp"),
+    ("pickup_datetime", "timestamp_ntz"),
+    ("dropoff_datetime", "timestamp_ntz"),
     ("store_and_fwd_flag", "string"),
     ("RatecodeID", "int"),
     ("PULocationID", "int"),
@@ -39,7 +40,7 @@ META_COLUMNS: list[tuple[str, str]] = [
     ("duplicate_rank", "int"),  # 1 for the first copy of a row in its file, 2.. for exact duplicates
     ("source_file", "string"),
     ("source_checksum", "string"),
-    ("ingested_at", "timestamp"),
+    ("ingested_at", "timestamp"),  # an instant (UTC)
     ("service", "string"),
     ("month", "string"),
 ]

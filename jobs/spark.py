@@ -24,6 +24,10 @@ DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+# Not a setting: instants (ingested_at, scored_at, ...) are stored and shown in UTC, and a raw file's zone-aware
+# timestamps become the trips' wall-clock times (TIMESTAMP_NTZ) through this zone, whatever the JVM's or the
+# machine's zone is.
+FIXED_CONF = {"spark.sql.session.timeZone": "UTC"}
 
 
 def session_packages(settings: Settings, object_store: bool | None = None) -> list[str]:
@@ -113,6 +117,7 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",
         **settings.spark.conf,
         **(extra_conf or {}),
+        **FIXED_CONF,
     }
     for key, value in conf.items():
         builder = builder.config(key, value)

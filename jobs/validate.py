@@ -170,7 +170,7 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
     check_service(service)
     check_month(month)
     log = JobLog("validate", service, month)
-    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    started = dt.datetime.now(dt.UTC)  # aware: Spark stores the same instant whatever this machine's zone
     run_id = lakehouse.new_run_id("validate")
     landed = ingest.landed_file(settings, service, month)
     if landed is None:
