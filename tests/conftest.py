@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -347,6 +348,29 @@ def job_env(lakehouse: Path, **extra: str) -> dict[str, str]:
     last ``set_tracking_uri`` into this process's environment; a child must find its own lakehouse's store."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     return {**env, "TAXI_LAKEHOUSE": str(lakehouse), **extra}
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def beeline(port: int, script: str, tmp_path: Path) -> str:
+    """Run ``script`` against `taxi sql-server` over JDBC with the beeline shipped in pyspark (csv2 output); its
+    `!columns` command is the JDBC getColumns call BI tools use."""
+    from jobs.cluster import spark_home
+
+    path = tmp_path / "query.sql"
+    path.write_text(script)
+    out = subprocess.run(
+        [str(spark_home() / "bin" / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/taxi", "-n", "analyst",
+         "--outputformat=csv2", "--silent=true", "-f", str(path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
 
 
 def taxi_bin() -> str:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,18 +24,21 @@ from pathlib import Path
 
 from jobs import lakehouse
 
-from .conftest import ROOT, airflow_cli, airflow_db, airflow_env, airflow_init, table_checksum, wait_until
+from .conftest import (
+    ROOT,
+    airflow_cli,
+    airflow_db,
+    airflow_env,
+    airflow_init,
+    free_port,
+    table_checksum,
+    wait_until,
+)  # fmt: skip
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 SCENARIO_S = 1450  # the whole scenario, so the test's own message (with the diagnosis) comes before pytest's timeout
 POLL_S = 3  # how often the test asks Airflow for the runs' states
 TABLES = (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _airflow(env, *args) -> str:
@@ -59,7 +61,7 @@ def _delta_version(path: Path) -> int:
 def _standalone(tmp_path: Path, dag_id: str, **extra_env: str):
     """`airflow standalone` on a free loopback port until the dag-processor has registered ``dag_id``."""
     lake = tmp_path / "lakehouse"
-    port = _free_port()
+    port = free_port()
     env = {
         **airflow_env(tmp_path, lake),
         "AIRFLOW__API__HOST": "127.0.0.1",

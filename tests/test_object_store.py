@@ -16,18 +16,23 @@ import pytest
 
 from jobs import lakehouse, storage
 
-from .conftest import GOLDEN_GREEN, ROOT, VOLATILE, job_env, table_checksum, taxi_bin, wait_until
+from .conftest import (
+    GOLDEN_GREEN,
+    ROOT,
+    VOLATILE,
+    beeline,
+    free_port,
+    job_env,
+    partition_rows,
+    table_checksum,
+    taxi_bin,
+    wait_until,
+)  # fmt: skip
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 BUCKET = "taxi-lake"
 KILL_ROWS = 400_000  # a write of many seconds on local[1]: the kill lands while it is under way
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "taxi-test", "AWS_SECRET_ACCESS_KEY": "taxi-test-secret", "AWS_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(cmd: list[str], port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -56,7 +61,7 @@ def object_store(tmp_path_factory):
     import boto3
 
     tmp = tmp_path_factory.mktemp("object-store")
-    s3_port, mlflow_port = _free_port(), _free_port()
+    s3_port, mlflow_port = free_port(), free_port()
     aws = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     servers = [_serve([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
@@ -143,6 +148,24 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     assert _checksum(s3, lakehouse.PREDICTIONS, "green", "2023-02") == table_checksum(
         lakehouse.PREDICTIONS.path(local), "green", "2023-02")  # fmt: skip
     assert summaries["monitor"]["verdict"] == golden.summaries["monitor"]["verdict"]
+
+    # BI tools over the bucket: the SQL endpoint's views read the object-store tables.
+    port, sql_env = free_port(), {**env, "TAXI__SPARK__MASTER": "local[1]"}
+    sql_server = [taxi_bin(), "sql-server"]
+    started = subprocess.run([*sql_server, "start", "--port", str(port)], env=sql_env, capture_output=True, text=True,
+                             timeout=400)  # fmt: skip
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        out = beeline(port, "SELECT month, count(*) AS n, round(avg(predicted_duration_min), 6) AS mean "
+                            "FROM taxi.predictions WHERE month = '2023-02' GROUP BY month;\n", tmp_path)  # fmt: skip
+    finally:
+        subprocess.run([*sql_server, "stop", "--port", str(port)], env=sql_env, capture_output=True, timeout=120)
+    local_preds = partition_rows(local, lakehouse.PREDICTIONS, "green", "2023-02", ["predicted_duration_min"])
+    row = next((line for line in out.splitlines() if line.startswith("2023-02,")), None)
+    assert row is not None, out[-2000:]
+    _, n, mean = row.split(",")
+    assert int(n) == len(local_preds)
+    assert float(mean) == pytest.approx(local_preds["predicted_duration_min"].mean(), abs=1e-5)
 
     keys = _keys(client, "lake/")
     for prefix in ("lake/raw/green/2023-02/green_tripdata_2023-02.parquet", "lake/raw/green/2023-02/_accepted/",

@@ -11,17 +11,10 @@ import pytest
 
 from jobs import lakehouse
 from jobs.cli import main
-from jobs.cluster import spark_home
 
-from .conftest import job_env, partition_rows, taxi_bin
+from .conftest import beeline, free_port, job_env, partition_rows, taxi_bin
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _outward_address() -> str | None:
@@ -40,21 +33,8 @@ def _taxi(env, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _beeline(port: int, script: str, tmp_path) -> str:
-    """Run ``script`` over JDBC (csv2 output); the `!columns` command is the JDBC getColumns call BI tools use."""
-    path = tmp_path / "query.sql"
-    path.write_text(script)
-    out = subprocess.run(
-        [str(spark_home() / "bin" / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/taxi", "-n", "analyst",
-         "--outputformat=csv2", "--silent=true", "-f", str(path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out.stdout
-
-
 def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdbc(golden, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = job_env(golden.settings.lakehouse, TAXI__SPARK__MASTER="local[1]")
     started = _taxi(env, "sql-server", "start", "--port", str(port))
     try:
@@ -65,7 +45,7 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
             with socket.socket() as probe:  # bound to loopback only: not reachable on the machine's own address
                 probe.settimeout(2)
                 assert probe.connect_ex((outward, port)) != 0, outward
-        out = _beeline(port, "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
+        out = beeline(port, "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
                        "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n"
                        "SELECT 'lineage', count(*), min(source_checksum), max(source_checksum), "
                        "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n",
@@ -97,7 +77,7 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
 
 @pytest.mark.unit
 def test_a_server_on_another_address_than_loopback_needs_authentication(capsys):
-    assert main(["sql-server", "start", "--host", "0.0.0.0", "--port", str(_free_port())]) == 2
+    assert main(["sql-server", "start", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in capsys.readouterr().err
     from jobs.config import load_settings
     from jobs.sql_server import check_exposure
