@@ -261,11 +261,16 @@ VOLATILE = {
 
 def table_checksum(path: str, service: str, month: str, exclude: set[str] = VOLATILE) -> tuple[int, str]:
     """(rows, sha256 of the sorted rows) of one partition, read with delta-rs; run-specific columns left out."""
-    import hashlib
-
     from deltalake import DeltaTable
 
-    df = DeltaTable(path).to_pandas(filters=[("service", "=", service), ("month", "=", month)])
+    return frame_checksum(DeltaTable(path).to_pandas(filters=[("service", "=", service), ("month", "=", month)]),
+                          exclude)  # fmt: skip
+
+
+def frame_checksum(df, exclude: set[str] = VOLATILE) -> tuple[int, str]:
+    """(rows, sha256 of the rows sorted by trip_id) of a partition read by any reader; ``exclude`` left out."""
+    import hashlib
+
     df = df[[c for c in sorted(df.columns) if c not in exclude]]
     df = df.sort_values("trip_id").reset_index(drop=True) if "trip_id" in df else df
     return len(df), hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
