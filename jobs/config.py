@@ -101,6 +101,7 @@ class ValidationConfig(_Section):
 
 class FeaturesConfig(_Section):
     history_months: int = Field(3, ge=1)
+    history_lookback_months: int = Field(13, ge=1)
     min_history_trips: int = Field(5, ge=1)
     target_min_minutes: float = Field(1, ge=0)
     target_max_minutes: float = Field(60, gt=0)
@@ -109,6 +110,8 @@ class FeaturesConfig(_Section):
     def _ordered(self) -> FeaturesConfig:
         if self.target_min_minutes >= self.target_max_minutes:
             raise ValueError("features.target_min_minutes must be below target_max_minutes")
+        if self.history_lookback_months < self.history_months:
+            raise ValueError("features.history_lookback_months must be at least history_months")
         return self
 
 

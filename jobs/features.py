@@ -16,9 +16,9 @@ from typing import Any
 from . import freshness, lakehouse
 from .config import Settings
 from .log import JobLog, spark_progress
-from .months import check_month, check_service, previous_months
+from .months import check_month, check_service, history_window, previous_months
 
-FEATURE_SET_VERSION = "1"
+FEATURE_SET_VERSION = "2"  # 2: history from the latest months present, not only the calendar months before
 BOROUGHS = ["Bronx", "Brooklyn", "EWR", "Manhattan", "Queens", "Staten Island", "Unknown", "N/A"]
 SERVICE_ZONES = ["Airports", "Boro Zone", "EWR", "Yellow Zone", "N/A"]
 EARTH_RADIUS_KM = 6371.0088
@@ -265,14 +265,19 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
         else None
     )
     trips = lakehouse.read_partition(spark, settings, lakehouse.TRIPS, service, month, "taxi validate")
-    window = previous_months(month, cfg.history_months)
     all_trips = lakehouse.read(spark, settings, lakehouse.TRIPS, version=trips_version)
-    past = all_trips.where(F.col("service") == service).where(F.col("month").isin(window))
-    # The validated data read, by the run that wrote it (freshness: a later re-validation makes these rows stale).
-    inputs = {r.month: r.validation_run_id for r in past.select("month", "validation_run_id").distinct().collect()}
+    service_trips = all_trips.where(F.col("service") == service)
+    lookback = previous_months(month, cfg.history_lookback_months)
+    # The validated months present in the lookback, by the run that wrote each (freshness: a later re-validation
+    # makes the features that read it stale).
+    present = service_trips.where(F.col("month").isin(lookback)).select("month", "validation_run_id").distinct()
+    runs = {r.month: r.validation_run_id for r in present.collect()}
+    window = history_window(month, list(runs), cfg.history_months, cfg.history_lookback_months)
+    past = service_trips.where(F.col("month").isin(window))
+    inputs = {m: runs[m] for m in window}
     inputs[month] = trips.select("validation_run_id").first().validation_run_id
     months_present = sorted(m for m in inputs if m != month)
-    log.info("history window", months=",".join(window), present=",".join(months_present) or "none")
+    log.info("history window", lookback=f"{lookback[0]}..{lookback[-1]}", months=",".join(months_present) or "none")
 
     y = int(month[:4])
     holidays = us_federal_holidays([y - 1, y, y + 1])

@@ -1,7 +1,8 @@
 """Stale derived data: a features partition records which validated data it read, so a re-validated month is seen
 to make the features built on it stale.
 
-A month's features read its own validated trips and the history months before it (``features.history_months``).
+A month's features read its own validated trips and the history months before it (the ``features.history_months``
+latest months present among the ``features.history_lookback_months`` before it).
 Each features row carries ``input_validation_runs``: a JSON object {month: validation run id} of the silver months it
 read. The silver partition of a month is identified by the validation run that wrote it, so features are stale when
 any input month has since been re-validated, or a history month has appeared (a backfill of an earlier month).
@@ -17,7 +18,7 @@ import json
 from . import lakehouse
 from .config import Settings
 from .errors import MissingUpstream
-from .months import add_months, previous_months
+from .months import add_months, history_window, previous_months
 
 COLUMN = "input_validation_runs"
 
@@ -45,13 +46,16 @@ def stale_months(settings: Settings, service: str, months: list[str]) -> dict[st
         return {}
     recorded = lakehouse.query(settings, lakehouse.FEATURES, ["month", COLUMN],
                                [("service", "=", service), ("month", "in", months)]).drop_duplicates()  # fmt: skip
-    history = settings.features.history_months
+    cfg = settings.features
     stale = {}
     for month, record in recorded.itertuples(index=False, name=None):
         if record is None:
             continue
         read = json.loads(record)
-        now = _silver_runs(settings, service, [month, *previous_months(month, history)])
+        present = _silver_runs(settings, service, [month, *previous_months(month, cfg.history_lookback_months)])
+        window = history_window(month, [m for m in present if m != month], cfg.history_months,
+                                cfg.history_lookback_months)  # fmt: skip
+        now = {m: run for m, run in present.items() if m == month or m in window}
         changed = [m for m in sorted(now.keys() | read.keys()) if now.get(m) != read.get(m)]
         if changed:
             stale[month] = "; ".join(_why(m, read, now) for m in changed)
@@ -62,13 +66,15 @@ def _why(month: str, read: dict[str, str], now: dict[str, str]) -> str:
     if month not in read:
         return f"silver {month} appeared since"
     if month not in now:
-        return f"silver {month} is gone"
+        return f"silver {month} is gone, or no longer among the latest history months"
     return f"silver {month} was re-validated ({now[month]}; the features read {read[month]})"
 
 
 def made_stale_by(settings: Settings, service: str, month: str) -> dict[str, str]:
-    """The features a new validation of ``month`` made stale: its own and the next history_months months'."""
-    return stale_months(settings, service, [add_months(month, k) for k in range(settings.features.history_months + 1)])
+    """The features a new validation of ``month`` made stale: its own and those of the months whose history
+    lookback holds it."""
+    lookback = settings.features.history_lookback_months
+    return stale_months(settings, service, [add_months(month, k) for k in range(lookback + 1)])
 
 
 def require_fresh(settings: Settings, service: str, months: list[str]) -> None:

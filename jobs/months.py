@@ -59,6 +59,16 @@ def previous_months(month: str, n: int) -> list[str]:
     return [add_months(month, -k) for k in range(n, 0, -1)]
 
 
+def history_window(month: str, present: list[str], n: int, lookback: int) -> list[str]:
+    """The ``n`` latest of the ``present`` months among the ``lookback`` months before ``month``, oldest first.
+
+    With every month present this is the ``n`` months just before ``month``; a gap (a month the TLC has not
+    published, or not landed here) is skipped rather than leaving the history short.
+    """
+    candidates = set(previous_months(month, lookback))
+    return sorted(m for m in present if m in candidates)[-n:]
+
+
 def month_window(until: str, n: int) -> list[str]:
     """``n`` months ending with ``until`` inclusive, oldest first."""
     return [add_months(until, -k) for k in range(n - 1, -1, -1)]

@@ -121,15 +121,17 @@ def test_feature_table_reads_with_deltalake_and_covers_every_validated_trip(gold
     assert len(feats) == len(trips) and set(feats["trip_id"]) == set(trips["trip_id"])
     # Training range flag is stored, not applied: out-of-range trips are still there.
     assert 0.9 < feats["in_training_range"].mean() < 1.0
-    # 2023-02's history comes from the three months before it; only 2023-01 of them is in the lakehouse, and most
-    # trips get pair-level history from it.
-    assert golden.summaries["features 2023-02"]["history_months"] == ["2023-01"]
+    # History comes from the three latest months present within the 13 before: 2023-02 reads 2023-01 and, past the
+    # gap 2022-03..12, 2022-01/02; most trips get pair-level history.
+    assert golden.summaries["features 2023-02"]["history_months"] == ["2022-01", "2022-02", "2023-01"]
     assert (feats["hist_level"] <= 1).mean() > 0.7
-    # 2023-01's three months before (2022-10..12) are absent: no history, even though 2022-01/02 are present.
-    assert golden.summaries["features 2023-01"]["history_months"] == []
+    assert golden.summaries["features 2023-01"]["history_months"] == ["2022-01", "2022-02"]
     jan = partition_rows(golden.settings, lakehouse.FEATURES, "green", "2023-01", ["hist_level"])
-    assert jan["hist_level"].isna().all()
-    # 2022-02 reads 2022-01.
+    assert jan["hist_level"].notna().all() and (jan["hist_level"] <= 1).mean() > 0.7
+    # 2022-01 has nothing before it: no history.
+    assert golden.summaries["features 2022-01"]["history_months"] == []
+    first = partition_rows(golden.settings, lakehouse.FEATURES, "green", "2022-01", ["hist_level"])
+    assert first["hist_level"].isna().all()
     assert golden.summaries["features 2022-02"]["history_months"] == ["2022-01"]
 
 

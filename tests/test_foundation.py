@@ -17,6 +17,7 @@ from jobs.months import (
     add_months,
     check_month,
     check_week,
+    history_window,
     month_window,
     previous_months,
     week_bounds,
@@ -92,6 +93,7 @@ def test_env_overrides_and_overlay_file(tmp_path):
         ({"TAXI_LAKEHOUSE": "abfss://c@acct.dfs.core.windows.net/lake"}, "abfss:// is not supported"),
         ({"TAXI_LAKEHOUSE": "s3a://", "MLFLOW_TRACKING_URI": "http://m:5000"}, "name a bucket"),
         ({"TAXI__MONITOR__COVERAGE_MIN": "0.9"}, "coverage_min must be below coverage_max"),
+        ({"TAXI__FEATURES__HISTORY_LOOKBACK_MONTHS": "2"}, "history_lookback_months must be at least history_months"),
     ],
 )
 def test_invalid_config_names_the_key(env, fragment):
@@ -149,6 +151,12 @@ def test_month_and_week_arithmetic():
     assert add_months("2023-01", -1) == "2022-12" and add_months("2022-12", 1) == "2023-01"
     assert previous_months("2023-02", 3) == ["2022-11", "2022-12", "2023-01"]
     assert month_window("2023-01", 2) == ["2022-12", "2023-01"]
+    # History: the latest n present months within the lookback, whatever the gaps; never the month itself or later.
+    present = ["2021-12", "2022-01", "2022-02", "2022-11", "2023-01", "2023-02", "2023-03"]
+    assert history_window("2023-02", present, 3, 13) == ["2022-02", "2022-11", "2023-01"]
+    assert history_window("2023-02", present, 5, 13) == ["2022-01", "2022-02", "2022-11", "2023-01"]  # 2021-12: too old
+    assert history_window("2023-02", present, 3, 3) == ["2022-11", "2023-01"]
+    assert history_window("2021-12", present, 3, 13) == []
     start, end = week_bounds("2023-W06")
     assert (start.isoformat(), end.isoformat()) == ("2023-02-06T00:00:00", "2023-02-13T00:00:00")
     assert week_months("2023-W05") == ["2023-01", "2023-02"]  # Jan 30 - Feb 5

@@ -47,7 +47,7 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
                 assert probe.connect_ex((outward, port)) != 0, outward
         out = beeline(port, "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
                        "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n"
-                       "SELECT 'lineage', count(*), min(source_checksum), max(source_checksum), "
+                       "SELECT 'lineage' AS tag, count(*), min(source_checksum), max(source_checksum), "
                        "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n",
                        tmp_path)  # fmt: skip
     finally:
