@@ -144,6 +144,7 @@ def run(spark, settings: Settings, service: str, until: str, months: int | None 
         log.info("skipped", reason=skip)
         return {"registered_version": None, "promoted": False, "skipped": skip, "valid_month": data.valid_month,
                 "champion_version": int(champion_mv.version)}  # fmt: skip
+    tuning.check_window(settings, data.train_months)
     champion = load_registered(settings, service, version=int(champion_mv.version))[0] if champion_mv else None
     train, valid = data.train.cache(), data.valid.cache()
     n_train, n_valid = train.count(), valid.count()

@@ -143,11 +143,17 @@ def test_bad_tuning_flags_are_refused_before_any_work(flag, capsys):
 
 
 # ---- spark + integration --------------------------------------------------------------------------------------------
-@pytest.mark.spark
-def test_a_search_needs_a_training_month_to_stop_early_on(spark):
-    frame = spark.createDataFrame([("2023-01",)], "month string")
+@pytest.mark.integration
+def test_a_search_the_window_cannot_hold_is_refused_before_anything_is_trained_or_logged(spark, lake):
+    """A 2-month window has one training month: nothing to stop early on. Refused up front, with no MLflow run."""
+    s = lake.model_copy(deep=True)
+    s.mlflow.registered_model_prefix = "tune-refused"
+    s.train.tune.trials = 2
+    client = mlflow.MlflowClient(tracking_uri=s.tracking_uri)
+    runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
     with pytest.raises(InputError, match=r"--tune needs at least two training months .*\['2023-01'\]"):
-        tuning.tuning_split(frame, ["2023-01"])
+        train.run(spark, s, "green", "2023-02", months=2, force=True)
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == runs_before
 
 
 @pytest.mark.spark

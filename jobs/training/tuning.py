@@ -36,15 +36,20 @@ class TuneResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def tuning_split(train, train_months: list[str]):
-    """(rows with the tuning-month flag, tuning month): the last training month stops the trials early."""
-    from pyspark.sql import functions as F
-
-    if len(train_months) < 2:
+def check_window(settings: Settings, train_months: list[str]) -> None:
+    """Refuse a search the window cannot hold, before anything is trained or logged."""
+    tcfg = settings.train.tune
+    if (tcfg.trials or tcfg.minutes) and len(train_months) < 2:
         raise InputError(
             f"--tune needs at least two training months (one to fit, the last to stop early on) besides the "
             f"validation month; the window has {train_months}: train with a longer --months or a later --until"
         )
+
+
+def tuning_split(train, train_months: list[str]):
+    """(rows with the tuning-month flag, tuning month): the last training month stops the trials early."""
+    from pyspark.sql import functions as F
+
     return train.withColumn(TUNE_FLAG, F.col("month") == train_months[-1]), train_months[-1]
 
 
