@@ -34,9 +34,10 @@ def _rmse_on(spark, settings, model, month: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_quality_bar_production_settings_reach_4_min_rmse_on_the_next_month(spark, lake):
+def test_quality_bar_production_settings_reach_3_85_min_rmse_on_the_next_month(spark, lake):
     """The profile's own settings (600 rounds, 255 leaves, refit), trained on months up to 2023-01 (validated on
-    2023-01): RMSE on every 1-60 min trip of 2023-02, a month it never saw, must be <= 4.0 minutes."""
+    2023-01): RMSE on every 1-60 min trip of 2023-02, a month it never saw, must be <= 3.85 minutes (3.830 measured
+    by `make demo`, which trains the same way)."""
     s = production(lake)
     s.mlflow.registered_model_prefix = "quality-bar"  # its own registry entry: a first model, no warm start
     s.train.intervals.enabled = False  # about the point model; the intervals' coverage is test_intervals.py's
@@ -50,7 +51,7 @@ def test_quality_bar_production_settings_reach_4_min_rmse_on_the_next_month(spar
     model, mv = load_registered(s, "green", alias="champion")
     m = _rmse_on(spark, s, model, "2023-02")
     print(f"\nchampion v{mv.version} ({mv.tags['candidate']}) on green 2023-02, 1-60 min: {m}")
-    assert m["rmse"] <= 4.0 and m["n"] > 60000
+    assert m["rmse"] <= 3.85 and m["n"] > 60000
 
 
 def test_golden_training_window_split_and_candidates(golden):
