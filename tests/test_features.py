@@ -174,13 +174,15 @@ def _history_and_target(settings, month):
 def test_a_months_own_durations_never_reach_its_history_features(spark, lake, tmp_path):
     def land(month, source=None):
         ingest.run(spark, lake, "green", month, source)
-        validate.run(spark, lake, "green", month)
+        return validate.run(spark, lake, "green", month)
 
     hist0, target0 = _history_and_target(lake, "2022-02")  # as built: 2022-02's history from the real 2022-01
     assert hist0["hist_level"].notna().all()
 
     # Change 2022-02's own durations: its history features must not move, its target must.
-    land("2022-02", str(_stretched(tmp_path, "2022-02")))
+    relanded = land("2022-02", str(_stretched(tmp_path, "2022-02")))
+    # Its own features are stale, and so are those of the months that read it as history across the 2022 gap.
+    assert relanded["stale_features"] == ["2022-02", "2023-01", "2023-02"]
     features.run(spark, lake, "green", "2022-02")
     hist1, target1 = _history_and_target(lake, "2022-02")
     pd.testing.assert_frame_equal(hist1, hist0)
