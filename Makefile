@@ -39,7 +39,9 @@ $(STAMP): pyproject.toml | java
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	$(BIN)/python -m pip install -q --upgrade pip uv==0.13.9
-	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev]'
+	@# Bytecode compiled once here: where Python may not write it (PYTHONDONTWRITEBYTECODE, a read-only install),
+	@# every spark-submit, Airflow task and Spark Python worker would compile its imports again (GX: 8 s -> 4 s).
+	$(BIN)/uv pip install -q -p $(BIN)/python --compile-bytecode -e '.[dev]'
 	touch $(STAMP)
 
 $(JARS): $(STAMP) conf/local.yaml
@@ -63,7 +65,7 @@ test-fast: setup lint
 
 # Not part of `make test`: the default install stays without the [deep] extra; CI runs this after `make test`.
 test-deep: setup lint
-	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev,deep]'
+	$(BIN)/uv pip install -q -p $(BIN)/python --compile-bytecode -e '.[dev,deep]'
 	TAXI_TEST_DEEP=required $(BIN)/pytest tests/test_deep.py
 
 test-reverse: setup lint

@@ -20,7 +20,10 @@ def log_ensemble(mlflow, model: NativeModel, input_example, signature) -> str:
         artifacts = {}
         for i, member in enumerate(model.payload):
             path = os.path.join(tmp, f"member_{i}")
-            flavor_module(member.flavor).save_model(native_object(member), path)
+            module = flavor_module(member.flavor)
+            # Pinned: left to infer them, MLflow imports each member in a Python subprocess (~10 s each here).
+            module.save_model(native_object(member), path,
+                              pip_requirements=pinned_requirements(*module.get_default_pip_requirements()))  # fmt: skip
             artifacts[f"member_{i}"] = path
         artifacts["members"] = os.path.join(tmp, "members.json")
         Path(artifacts["members"]).write_text(json.dumps([m.flavor for m in model.payload]))
