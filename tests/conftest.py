@@ -156,18 +156,20 @@ def _fingerprint(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def build_golden(spark, s) -> dict[str, Any]:
-    """The golden sequence of jobs on the lakehouse of ``s`` (also run on an object store, test_object_store)."""
+def build_golden(spark, s, months=GOLDEN_GREEN, weeks=GOLDEN_WEEKS) -> dict[str, Any]:
+    """The golden sequence of jobs on the lakehouse of ``s``: ``months`` landed, validated and featurised (the
+    others must be there already), training until 2023-01, scoring of 2023-02, the drift reports of ``weeks``.
+    test_object_store runs its last month onwards on an object store."""
     from jobs import features, ingest, monitor, score, train, validate
 
     summaries = {}
-    for month in GOLDEN_GREEN:
+    for month in months:
         summaries[f"ingest {month}"] = ingest.run(spark, s, "green", month)
         summaries[f"validate {month}"] = validate.run(spark, s, "green", month)
         summaries[f"features {month}"] = features.run(spark, s, "green", month)
     summaries["train"] = train.run(spark, s, "green", "2023-01", months=13)
     summaries["score"] = score.run(spark, s, "green", "2023-02")
-    for week in GOLDEN_WEEKS:
+    for week in weeks:
         summaries[f"monitor {week}"] = monitor.run(spark, s, "green", week)
     summaries["monitor"] = summaries[f"monitor {GOLDEN_WEEK}"]
     return json.loads(json.dumps(summaries, default=str))  # what a reused build reads back

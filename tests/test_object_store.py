@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +19,10 @@ from jobs import lakehouse, storage
 
 from .conftest import (
     GOLDEN_GREEN,
+    GOLDEN_WEEK,
     ROOT,
     beeline,
+    copy_lakehouse,
     frame_checksum,
     free_port,
     job_env,
@@ -116,16 +119,38 @@ def _checksum(settings, table, service: str, month: str) -> tuple[int, str]:
     return frame_checksum(lakehouse.query(settings, table, filters=[("service", "=", service), ("month", "=", month)]))
 
 
+NEW_MONTH = GOLDEN_GREEN[-1]  # lands on the object store; the months before it are there already
+
+
+def _seed(golden, client, tmp_path: Path) -> None:
+    """The golden lakehouse as it stood before NEW_MONTH landed, put into the bucket: the earlier months' raw files,
+    tables and validation runs; no model, score, drift table or report (the jobs under test write those)."""
+    from deltalake import DeltaTable
+
+    local = copy_lakehouse(golden.settings, tmp_path / "seed").lakehouse
+    for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES,
+                  lakehouse.VALIDATION_RUNS):  # fmt: skip
+        DeltaTable(str(local / table.relpath)).delete(f"service = 'green' AND month = '{NEW_MONTH}'")
+    for later in ("mlflow", "gold", "monitoring/drift", "reports", f"raw/green/{NEW_MONTH}"):
+        shutil.rmtree(local / later)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.upload_file(str(path), BUCKET, f"lake/{path.relative_to(local).as_posix()}")
+
+
 def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_gives(golden, object_store, tmp_path):
-    """The golden sequence (ingest -> validate -> features -> train -> score -> monitor) on s3a://, in a process of
-    its own: the same rows and predictions as the local golden lakehouse, and nothing written to the project."""
+    """The golden sequence on s3a:// from its last month on (ingest -> validate -> features of 2023-02, train,
+    score, monitor), in a process of its own, over the earlier months put into the bucket: the same rows,
+    candidates and predictions as the local golden lakehouse, and nothing written to the project."""
     env, client = object_store
+    _seed(golden, client, tmp_path)
     before = _project_files()
     # The tests' own settings (small models...), then the object store's, which importing conftest would override.
-    script = (f"import json, os, sys; sys.path.insert(0, {str(ROOT)!r}); from tests.conftest import build_golden; "
-              "os.environ.update(json.loads(os.environ['TAXI_TEST_OBJECT_STORE'])); "
-              "from jobs.config import load_settings; from jobs.spark import get_spark; s = load_settings(); "
-              "print(json.dumps(build_golden(get_spark(s), s)))")  # fmt: skip
+    script = (
+        f"import json, os, sys; sys.path.insert(0, {str(ROOT)!r}); from tests.conftest import build_golden; "
+        "os.environ.update(json.loads(os.environ['TAXI_TEST_OBJECT_STORE'])); "
+        "from jobs.config import load_settings; from jobs.spark import get_spark; s = load_settings(); "
+        f"print(json.dumps(build_golden(get_spark(s), s, months=[{NEW_MONTH!r}], weeks=[{GOLDEN_WEEK!r}])))"
+    )
     store = {k: env[k] for k in ("TAXI_LAKEHOUSE", "MLFLOW_TRACKING_URI")}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=1500,
                          env={**env, "TAXI_TEST_OBJECT_STORE": json.dumps(store)})  # fmt: skip
@@ -134,9 +159,11 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     s3 = _object_store_settings(env)
     local = golden.settings
 
+    for key in ("rows_total", "rows_valid", "rows_quarantined", "verdict"):
+        assert summaries[f"validate {NEW_MONTH}"][key] == golden.summaries[f"validate {NEW_MONTH}"][key], key
+    overview = client.get_object(Bucket=BUCKET, Key="lake/reports/validation/index.html")["Body"].read().decode()
+    assert all(month in overview for month in GOLDEN_GREEN)  # the seeded runs and the new one, from the bucket
     for month in GOLDEN_GREEN:
-        for key in ("rows_total", "rows_valid", "rows_quarantined", "verdict"):
-            assert summaries[f"validate {month}"][key] == golden.summaries[f"validate {month}"][key], (month, key)
         for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES):
             assert _checksum(s3, table, "green", month)[0] == table_checksum(table.path(local), "green", month)[0]
     # The same model choice and the same predictions, read back from the bucket by delta-rs with storage options.
