@@ -7,7 +7,8 @@ so every Airflow component can import it, whatever its sys.path.
 Deployment knobs: the `airflow` section of the configuration (start and end month, catch-up, the Spark pool, the
 publication wait), read when the DAG files are parsed; the `spark_default` connection (AIRFLOW_CONN_SPARK_DEFAULT,
 e.g. `spark://local%5B2%5D` or `spark://spark-master:7077`); the variables `taxi_jars` (comma-separated Delta and
-SynapseML JARs: the output of `taxi jars`) and `taxi_py_files` (the zipped `jobs` package, for clusters).
+SynapseML JARs: the output of `taxi jars`), `taxi_driver_java_options` (the output of `taxi class-archive`: the
+drivers map the archived classes) and `taxi_py_files` (the zipped `jobs` package, for clusters).
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def taxi_job(task_id: str, *args: str, timeout: timedelta | None = None, **kwarg
         name=f"taxi-{task_id}",
         jars="{{ var.value.get('taxi_jars', '') }}",
         py_files="{{ var.value.get('taxi_py_files', '') }}",
-        conf={"spark.dynamicAllocation.enabled": "false"},
+        # The driver maps the classes `taxi class-archive` archived (empty: it loads them as usual).
+        conf={
+            "spark.dynamicAllocation.enabled": "false",
+            "spark.driver.defaultJavaOptions": "{{ var.value.get('taxi_driver_java_options', '') }}",
+        },
         execution_timeout=timeout or DEFAULT_ARGS["execution_timeout"],
         pool=SETTINGS.spark_pool,
         **kwargs,

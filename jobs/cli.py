@@ -189,6 +189,15 @@ def cmd_jars(settings, args):
     return None
 
 
+def cmd_class_archive(settings, args):
+    from .class_archive import build, driver_java_options
+
+    if settings.spark.class_archive:
+        build(settings, rebuild=args.rebuild)
+    print(driver_java_options(settings))
+    return None
+
+
 def cmd_airflow_init(settings, args):
     """Prepare Airflow's metadata database for the DAGs: migrate it and create the Spark pool."""
     import shutil
@@ -438,6 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-store", action="store_true",
                    help="add the S3 connector (spark.object_store_packages), as an s3a:// lakehouse does")  # fmt: skip
     p.set_defaults(func=cmd_jars)
+
+    p = sub.add_parser(
+        "class-archive",
+        help="archive the classes a Spark driver loads (JVM CDS) and print the driver options that map them",
+        description="Runs a small synthetic month through ingest, validate and features in a driver JVM that dumps "
+        "the classes it loaded into spark.jar_cache; every later driver (get_spark, and the Airflow tasks through "
+        "the taxi_driver_java_options variable) maps them instead of loading them: short jobs start faster. "
+        "Prints the options (nothing when spark.class_archive is false). Builds once; --rebuild dumps it again.",
+    )
+    p.add_argument("--rebuild", action="store_true", help="dump the archive again even if it exists")
+    p.set_defaults(func=cmd_class_archive)
 
     p = sub.add_parser(
         "airflow-init",

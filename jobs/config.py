@@ -50,6 +50,8 @@ class SparkConfig(_Section):
     # pyspark 3.5), and brings the AWS SDK bundle it was built against.
     object_store_packages: list[str] = Field(default_factory=list)
     jar_cache: Path
+    # Map the driver classes archived by `taxi class-archive` (in jar_cache) at every driver JVM's start.
+    class_archive: bool = True
     conf: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("master")

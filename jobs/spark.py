@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 
 from . import storage
+from .class_archive import driver_java_options
 from .config import Settings
 
 log = logging.getLogger("taxi.spark")
@@ -110,8 +111,10 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
             "spark.jars.ivy", str(settings.spark.jar_cache / "ivy")
         )
     warehouse = settings.catalog_dir
+    archive = driver_java_options(settings)
     conf = {
         **DELTA_CONF,
+        **({"spark.driver.defaultJavaOptions": archive} if archive else {}),
         **(storage.spark_conf() if storage.is_remote(settings.lakehouse) else {}),
         "spark.sql.warehouse.dir": str(warehouse),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",

@@ -386,6 +386,7 @@ def taxi_bin() -> str:
 
 def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
     """Environment for Airflow CLI subprocesses: own AIRFLOW_HOME (sqlite), project DAGs, local Spark, JARs."""
+    from jobs.class_archive import driver_java_options
     from jobs.config import load_settings
     from jobs.spark import cached_jars
 
@@ -399,6 +400,7 @@ def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
         "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
         "AIRFLOW_CONN_SPARK_DEFAULT": "spark://local%5B2%5D",
         "AIRFLOW_VAR_TAXI_JARS": ",".join(cached_jars(load_settings()) or []),
+        "AIRFLOW_VAR_TAXI_DRIVER_JAVA_OPTIONS": driver_java_options(load_settings()),
     }
 
 

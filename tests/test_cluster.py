@@ -75,6 +75,7 @@ def test_dags_test_on_the_cluster_writes_what_local_mode_wrote(spark, golden, cl
     for command in ("ingest", "validate", "features", "score"):
         assert f'{{"command": "{command}"' in log
     assert f"--master {MASTER}" in log
+    assert "--conf spark.driver.defaultJavaOptions=-XX:SharedArchiveFile=" in log  # the drivers map the class archive
     assert len(_master_status()["completedapps"]) >= 3  # the Spark jobs ran as applications of the cluster
     for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE):
         on_cluster = table_checksum(str(lake / table.relpath), "green", "2023-01")

@@ -1,0 +1,36 @@
+"""The drivers' class-data-sharing archive (`taxi class-archive`, built by `make setup`): an option string only when
+the archive is there and wanted, and a driver JVM that really maps it (a JVM that rejected the archive, e.g. for a
+class path it was not dumped with, would start without it and silently lose the speed-up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.class_archive import archive_path, driver_java_options
+
+from .conftest import settings_for
+
+DEFAULT_TIER = "unit"
+
+
+def test_the_options_name_the_archive_only_when_it_exists_and_is_wanted(tmp_path):
+    s = settings_for(tmp_path / "lakehouse")
+    s.spark.jar_cache = tmp_path / "jars"
+    assert driver_java_options(s) == ""  # no archive yet: drivers start as they always did
+    archive_path(s).parent.mkdir()
+    archive_path(s).write_bytes(b"")
+    options = driver_java_options(s).split()
+    assert options[0] == f"-XX:SharedArchiveFile={archive_path(s)}" and "-Xshare:auto" in options
+    s.spark.class_archive = False
+    assert driver_java_options(s) == ""
+
+
+@pytest.mark.spark
+def test_the_test_sessions_driver_maps_the_archive(spark, settings):
+    path = archive_path(settings)
+    assert path.exists(), f"{path} is missing: `make setup` (or `taxi class-archive`) builds it"
+    jvm_pid = spark.sparkContext._jvm.ProcessHandle.current().pid()
+    mapped = {line.split()[-1] for line in Path(f"/proc/{jvm_pid}/maps").read_text().splitlines() if "/" in line}
+    assert str(path) in mapped, "the driver JVM started without the class archive (it did not match this JVM)"
