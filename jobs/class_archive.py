@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cluster import alive
 from .config import Settings
 from .errors import TaxiError
 
@@ -61,20 +62,12 @@ def build(settings: Settings, rebuild: bool = False, timeout_s: float = 900) -> 
         # The JVM dumps the archive in its exit path, after the Python process that drove it has gone.
         jvm_pid = json.loads(out.stdout.strip().splitlines()[-1])["jvm_pid"]
         deadline = time.monotonic() + 300
-        while _alive(jvm_pid) and time.monotonic() < deadline:
+        while alive(jvm_pid) and time.monotonic() < deadline:
             time.sleep(0.5)
     if not partial.exists():
         raise TaxiError(f"the driver JVM wrote no class archive ({partial}): is this Java 17 or later?")
     partial.replace(path)
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _workload(partial: Path, scratch: Path) -> int:

@@ -88,6 +88,16 @@ def wait_for_workers(host: str, workers: int, deadline: float) -> None:
         time.sleep(0.5)
 
 
+def alive(pid: int) -> bool:
+    """Whether the process runs: a zombie (ended, not yet reaped by its parent) does not count."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
 def pids() -> dict[str, int]:
     return {p.stem: int(p.read_text()) for p in sorted(STATE.glob("*.pid"))} if STATE.exists() else {}
 

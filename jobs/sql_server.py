@@ -145,16 +145,13 @@ def _pid(port: int) -> int | None:
     pid_file = state_dir(port) / "server.pid"
     if not pid_file.exists():
         return None
+    from .cluster import alive
+
     pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat")
-        alive = not stat.exists() or stat.read_text().split(")")[-1].split()[0] != "Z"  # a zombie has ended
-    except ProcessLookupError:
-        alive = False
-    if not alive:
+    if not alive(pid):
         pid_file.unlink(missing_ok=True)
-    return pid if alive else None
+        return None
+    return pid
 
 
 def start(settings: Settings, host: str, port: int, timeout_s: float) -> dict[str, Any]:
