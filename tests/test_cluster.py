@@ -53,8 +53,8 @@ def cluster_month(standalone, tmp_path_factory):
     airflow_init(env)
     out = tmp / "dags-test.log"
     with out.open("w") as sink:
-        run = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "dags", "test", "taxi_monthly_green",
-                                "2023-02-01"], env=env, stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+        run = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG, "2023-02-01"],
+                               env=env, stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             deadline = time.monotonic() + 900
             # Until the features job has read its input (its first log line) with an executor on each worker: its
