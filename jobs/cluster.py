@@ -94,8 +94,10 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split(")")[-1].split()[0] != "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped since os.kill; or a system without /proc, where os.kill's answer stands
+        return not Path("/proc").is_dir()
 
 
 def pids() -> dict[str, int]:

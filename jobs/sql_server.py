@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cluster import alive, spark_home
 from .config import PROJECT_ROOT, ConfigError, Settings
 from .errors import TaxiError
 from .log import JobLog
@@ -145,8 +146,6 @@ def _pid(port: int) -> int | None:
     pid_file = state_dir(port) / "server.pid"
     if not pid_file.exists():
         return None
-    from .cluster import alive
-
     pid = int(pid_file.read_text())
     if not alive(pid):
         pid_file.unlink(missing_ok=True)
@@ -156,7 +155,6 @@ def _pid(port: int) -> int | None:
 
 def start(settings: Settings, host: str, port: int, timeout_s: float) -> dict[str, Any]:
     """Launch `serve` through spark-submit in the background; return once the port answers."""
-    from .cluster import spark_home
     from .spark import ensure_jars
 
     check_exposure(settings, host)
