@@ -38,11 +38,11 @@ def archive_path(settings: Settings) -> Path:
 
 
 def driver_java_options(settings: Settings) -> str:
-    """The driver JVM options that map the archive, or "" when there is none or it is turned off."""
+    """The driver JVM options: those that map the archive (none when there is none or it is turned off), then the
+    configured ``spark.driver_java_options``."""
     path = archive_path(settings)
-    if not settings.spark.class_archive or not path.exists():
-        return ""
-    return f"-XX:SharedArchiveFile={path} {QUIET}"
+    archive = f"-XX:SharedArchiveFile={path} {QUIET}" if settings.spark.class_archive and path.exists() else ""
+    return " ".join(o for o in (archive, settings.spark.driver_java_options.strip()) if o)
 
 
 def build(settings: Settings, rebuild: bool = False, timeout_s: float = 900) -> Path:

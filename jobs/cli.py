@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs a small synthetic month through ingest, validate and features in a driver JVM that dumps "
         "the classes it loaded into spark.jar_cache; every later driver (get_spark, and the Airflow tasks through "
         "the taxi_driver_java_options variable) maps them instead of loading them: short jobs start faster. "
-        "Prints the options (nothing when spark.class_archive is false). Builds once; --rebuild dumps it again.",
+        "Prints the options, followed by spark.driver_java_options (only those when spark.class_archive is false). "
+        "Builds once; --rebuild dumps it again.",
     )
     p.add_argument("--rebuild", action="store_true", help="dump the archive again even if it exists")
     p.set_defaults(func=cmd_class_archive)

@@ -52,6 +52,9 @@ class SparkConfig(_Section):
     jar_cache: Path
     # Map the driver classes archived by `taxi class-archive` (in jar_cache) at every driver JVM's start.
     class_archive: bool = True
+    # More options for every driver JVM the project starts (get_spark, and the Airflow tasks through
+    # `taxi class-archive`'s output), after the archive's: e.g. JIT settings for short-lived drivers.
+    driver_java_options: str = ""
     conf: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("master")

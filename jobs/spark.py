@@ -111,10 +111,10 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
             "spark.jars.ivy", str(settings.spark.jar_cache / "ivy")
         )
     warehouse = settings.catalog_dir
-    archive = driver_java_options(settings)
+    driver_options = driver_java_options(settings)
     conf = {
         **DELTA_CONF,
-        **({"spark.driver.defaultJavaOptions": archive} if archive else {}),
+        **({"spark.driver.defaultJavaOptions": driver_options} if driver_options else {}),
         **(storage.spark_conf() if storage.is_remote(settings.lakehouse) else {}),
         "spark.sql.warehouse.dir": str(warehouse),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",

@@ -25,6 +25,11 @@ def test_the_options_name_the_archive_only_when_it_exists_and_is_wanted(tmp_path
     assert options[0] == f"-XX:SharedArchiveFile={archive_path(s)}" and "-Xshare:auto" in options
     s.spark.class_archive = False
     assert driver_java_options(s) == ""
+    s.spark.driver_java_options = " -XX:TieredStopAtLevel=1 "  # configured options: after the archive's, or alone
+    assert driver_java_options(s) == "-XX:TieredStopAtLevel=1"
+    s.spark.class_archive = True
+    assert driver_java_options(s).split()[0].startswith("-XX:SharedArchiveFile=")
+    assert driver_java_options(s).endswith("-Xlog:cds+dynamic=off -XX:TieredStopAtLevel=1")
 
 
 @pytest.mark.spark
