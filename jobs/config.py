@@ -64,6 +64,11 @@ class SparkConfig(_Section):
             raise ValueError(f"unsupported Spark master {v!r}: use local[*], spark://, yarn or k8s://")
         return v
 
+    @field_validator("driver_java_options", mode="before")
+    @classmethod
+    def _none_is_no_options(cls, v: str | None) -> str:
+        return v or ""  # an empty override (TAXI__SPARK__DRIVER_JAVA_OPTIONS=) reads as null
+
     @field_validator("conf", mode="before")
     @classmethod
     def _stringify(cls, v: dict[str, Any]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.class_archive import archive_path, driver_java_options
+from jobs.config import load_settings
 
 from .conftest import settings_for
 
@@ -30,6 +31,8 @@ def test_the_options_name_the_archive_only_when_it_exists_and_is_wanted(tmp_path
     s.spark.class_archive = True
     assert driver_java_options(s).split()[0].startswith("-XX:SharedArchiveFile=")
     assert driver_java_options(s).endswith("-Xlog:cds+dynamic=off -XX:TieredStopAtLevel=1")
+    cleared = load_settings(env={"TAXI__SPARK__DRIVER_JAVA_OPTIONS": "", "TAXI_LAKEHOUSE": str(tmp_path / "lake")})
+    assert cleared.spark.driver_java_options == ""  # an empty override clears them
 
 
 @pytest.mark.spark

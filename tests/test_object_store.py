@@ -153,7 +153,7 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     )
     store = {k: env[k] for k in ("TAXI_LAKEHOUSE", "MLFLOW_TRACKING_URI")}
     # One driver for the whole sequence, training included: long-lived like this process's session, so it keeps the
-    # optimising JIT (with C1 alone this test took 306 s against 253-266 s).
+    # optimising JIT (an empty value clears the tests' one-job driver options).
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=1500,
                          env={**env, "TAXI_TEST_OBJECT_STORE": json.dumps(store),
                               "TAXI__SPARK__DRIVER_JAVA_OPTIONS": ""})  # fmt: skip
