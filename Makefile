@@ -18,12 +18,14 @@ export AIRFLOW_HOME ?= $(abspath .airflow)
 SEED ?= $(shell python3 -c 'import random; print(random.randrange(10**6))')
 PYTEST_ORDER := -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
-.PHONY: setup demo test test-fast test-deep test-reverse lint bench bench-quick airflow clean java help
+.PHONY: setup demo test test-fast test-slow test-all test-deep test-reverse lint bench bench-quick airflow clean java help
 
 help:
 	@echo "make demo         run the whole pipeline on the shipped sample months (local Spark, ./lakehouse)"
-	@echo "make test         lint (ruff) then every test tier (unit, spark, integration, slow), in a seeded random order"
+	@echo "make test         lint (ruff) then the unit, spark and integration tiers, in a seeded random order (the gate)"
 	@echo "make test-fast    lint then the unit and spark tiers (the inner loop, a few minutes)"
+	@echo "make test-slow    lint then the slow tier: processes, servers, Airflow, a Spark cluster (CI runs it after make test)"
+	@echo "make test-all     every tier in one run (make test + make test-slow)"
 	@echo "make test-deep    install the [deep] extra (Keras 3 + JAX CPU) and run the deep challenger's tests"
 	@echo "make test-reverse every tier in reverse file order (order independence)"
 	@echo "make setup        create/refresh .venv and resolve the Spark JARs (the other targets do this)"
@@ -63,11 +65,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
-	$(BIN)/pytest $(PYTEST_ORDER)
+# The gate and the inner loop run in this one process's Spark session (no child drivers to speed up), so they do
+# not wait for the class archive; the slow tier starts dozens of drivers, and its archive test needs it.
+test: $(JARS) lint
+	$(BIN)/pytest -m "not slow" $(PYTEST_ORDER)
 
-test-fast: setup lint
+test-fast: $(JARS) lint
 	$(BIN)/pytest -m "unit or spark" $(PYTEST_ORDER)
+
+test-slow: setup lint
+	$(BIN)/pytest -m slow $(PYTEST_ORDER)
+
+test-all: setup lint
+	$(BIN)/pytest $(PYTEST_ORDER)
 
 # Not part of `make test`: the default install stays without the [deep] extra; CI runs this after `make test`.
 test-deep: setup lint

@@ -7,6 +7,8 @@ Every test carries exactly one tier marker (its own, or its module's ``DEFAULT_T
 - ``integration``: the real sample months, read from the golden lakehouse or written into a private copy of it;
 - ``slow``: production model settings, killed and concurrent processes, the Airflow scheduler, a Spark cluster.
 
+`make test` runs the first three (the gate), `make test-slow` the last; CI runs both.
+
 The golden lakehouse is built once per session (the shipped green months through every stage, with small model
 settings) and never written afterwards: a test that writes asks for ``lake``, a private copy, so no test restores
 anything and the order of tests cannot matter. A session that changed the golden tree fails at teardown.

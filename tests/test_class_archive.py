@@ -35,7 +35,7 @@ def test_the_options_name_the_archive_only_when_it_exists_and_is_wanted(tmp_path
     assert cleared.spark.driver_java_options == ""  # an empty override clears them
 
 
-@pytest.mark.spark
+@pytest.mark.slow  # the archive is built by `make setup`, which the slow tier's targets run (not `make test`)
 def test_the_test_sessions_driver_maps_the_archive(spark, settings):
     path = archive_path(settings)
     assert path.exists(), f"{path} is missing: `make setup` (or `taxi class-archive`) builds it"

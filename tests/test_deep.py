@@ -1,5 +1,5 @@
 """The deep tabular challenger (the ``[deep]`` extra: Keras 3 on JAX). `make test` does not install the extra, so
-these tests skip there; `make test-deep` (run by CI after `make test`) installs it and runs them."""
+these tests skip there; `make test-deep` (run by CI after the other tiers) installs it and runs them."""
 
 from __future__ import annotations
 
