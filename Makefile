@@ -79,7 +79,7 @@ test-slow: setup lint
 test-all: setup lint
 	$(BIN)/pytest $(PYTEST_ORDER)
 
-# Not part of `make test`: the default install stays without the [deep] extra; CI runs this after `make test`.
+# Not part of `make test`: the default install stays without the [deep] extra; CI runs this after the other tiers.
 test-deep: setup lint
 	$(BIN)/uv pip install -q -p $(BIN)/python --compile-bytecode -e '.[dev,deep]'
 	TAXI_TEST_DEEP=required $(BIN)/pytest tests/test_deep.py
