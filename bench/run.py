@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from jobs import storage  # noqa: E402  (light: no Spark, no MLflow)
+from jobs.platform import storage  # noqa: E402  (light: no Spark, no MLflow)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -80,7 +80,7 @@ def timed(fn, *args, **kwargs):
 
 def bench_settings(work, rounds: int | None = None):
     """The project's settings on a throwaway lakehouse; ``rounds`` caps both learners' boosting rounds."""
-    from jobs.config import load_settings
+    from jobs.platform.config import load_settings
 
     env = dict(os.environ)
     env.update(
@@ -104,7 +104,9 @@ def bench_settings(work, rounds: int | None = None):
 
 
 def run_pipeline(spark, settings, month: str, source: str) -> dict:
-    from jobs import features, ingest, validate
+    from jobs.features import job as features
+    from jobs.ingest import job as ingest
+    from jobs.validation import job as validate
 
     stages = {}
     for name, fn, args in (
@@ -119,7 +121,8 @@ def run_pipeline(spark, settings, month: str, source: str) -> dict:
 
 def plain_filter_seconds(spark, settings, month: str) -> float:
     """The same row rules as one plain Spark aggregation (no GX): the baseline for validation cost."""
-    from jobs import lakehouse, validate
+    from jobs.platform import lakehouse
+    from jobs.validation import job as validate
 
     bronze = lakehouse.read_partition(spark, settings, lakehouse.BRONZE, "yellow", month)
     suite = validate.Suite.load("yellow", "rows")
@@ -133,9 +136,11 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
     """Spark scoring (Arrow batches + in-place predict) vs bare Booster.inplace_predict on the same rows/cores."""
     import numpy as np
 
-    from jobs import lakehouse, score
-    from jobs.features import MODEL_FEATURES
-    from jobs.modeling import feature_matrix, load_registered, predict_minutes
+    from jobs.models.inputs import MODEL_FEATURES
+    from jobs.models.prediction import feature_matrix, predict_minutes
+    from jobs.models.registry import load_registered
+    from jobs.platform import lakehouse
+    from jobs.scoring import job as score
 
     model, _ = load_registered(settings, "yellow", alias="champion")
     feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "yellow", month)
@@ -192,8 +197,8 @@ def training_vs_single(spark, settings, until: str) -> dict:
     import numpy as np
     import xgboost as xgb
 
-    from jobs import train
-    from jobs.features import MODEL_FEATURES, TARGET
+    from jobs.models.inputs import MODEL_FEATURES, TARGET
+    from jobs.training import job as train
 
     data = train.load_training_data(spark, settings, "yellow", until, 2)
     train_df = data.train.cache()
@@ -236,9 +241,9 @@ def tuning_parallel_vs_distributed(spark, settings, service: str, until: str, mo
     against two at a time over one slot each (parallel_trials 2); xgboost, same seed and search space."""
     import mlflow
 
-    from jobs import train
-    from jobs.log import JobLog
-    from jobs.modeling import experiment_id, setup_mlflow
+    from jobs.platform.log import JobLog
+    from jobs.platform.tracking import experiment_id, setup_mlflow
+    from jobs.training import job as train
     from jobs.training import tuning
 
     data = train.load_training_data(spark, settings, service, until, months)
@@ -270,10 +275,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sizes = [250_000] if args.quick else [int(s) for s in (args.sizes or "250000,1000000,3000000").split(",")]
 
-    from jobs import synth, train
-    from jobs.config import load_settings
-    from jobs.log import setup_logging
-    from jobs.spark import get_spark
+    from jobs.ingest import synth
+    from jobs.platform.config import load_settings
+    from jobs.platform.log import setup_logging
+    from jobs.platform.spark import get_spark
+    from jobs.training import job as train
 
     setup_logging("WARNING")
     base = load_settings()

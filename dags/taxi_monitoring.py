@@ -14,7 +14,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG
 
-from jobs.airflow_wiring import DEFAULT_ARGS, SERVICES, predictions_asset, retrain_needed, taxi_job
+from jobs.entry.airflow_wiring import DEFAULT_ARGS, SERVICES, predictions_asset, retrain_needed, taxi_job
 
 for service in SERVICES:
     with DAG(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from jobs.airflow_wiring import (
+from jobs.entry.airflow_wiring import (
     DEFAULT_ARGS,
     MONTH,
     MONTHLY_END,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from jobs.airflow_wiring import DEFAULT_ARGS, SERVICES, features_asset, taxi_job
+from jobs.entry.airflow_wiring import DEFAULT_ARGS, SERVICES, features_asset, taxi_job
 
 for service in SERVICES:
     with DAG(

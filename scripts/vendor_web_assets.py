@@ -1,8 +1,9 @@
 """Vendor the web assets GX Data Docs load from CDNs, pinned, from their npm packages (run once per upgrade).
 
-GX 1.x writes CDN links into its pages and has no setting for local assets; `jobs/reports/offline.py` points the
-pages at these copies after every Data Docs build, so they render behind a firewall. Writes the files and their
-licences under jobs/reports/vendor/<package>@<version>/ and MANIFEST.json (source tarball, sha256 of each file);
+GX 1.x writes CDN links into its pages and has no setting for local assets; `jobs/platform/reports/offline.py` points
+the pages at these copies after every Data Docs build, so they render behind a firewall. Writes the files and their
+licences under jobs/platform/reports/vendor/<package>@<version>/ and MANIFEST.json (source tarball, sha256 of each
+file);
 `tests/test_reports_offline.py` checks the files against the manifest.
 
     python scripts/vendor_web_assets.py            # needs the npm registry (https://registry.npmjs.org)
@@ -18,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 REGISTRY = "https://registry.npmjs.org"
-OUT = Path(__file__).resolve().parent.parent / "jobs" / "reports" / "vendor"
+OUT = Path(__file__).resolve().parent.parent / "jobs" / "platform" / "reports" / "vendor"
 # package, version, licence (SPDX, from its package.json), files inside the tarball's package/ folder
 PACKAGES = [
     ("bootstrap", "4.3.1", "MIT", ["LICENSE", "dist/css/bootstrap.min.css", "dist/js/bootstrap.min.js"]),

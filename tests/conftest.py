@@ -115,14 +115,14 @@ def pytest_runtest_setup(item):
 @pytest.fixture(scope="session")
 def settings():
     """The scratch lakehouse's settings (TAXI_LAKEHOUSE): what the CLI sees unless a test points it elsewhere."""
-    from jobs.config import load_settings
+    from jobs.platform.config import load_settings
 
     return load_settings()
 
 
 @pytest.fixture(scope="session")
 def spark(settings):
-    from jobs.spark import get_spark
+    from jobs.platform.spark import get_spark
 
     session = get_spark(settings, app_name="taxi-tests")
     yield session
@@ -131,7 +131,7 @@ def spark(settings):
 
 def settings_for(lakehouse: Path, base=None):
     """``base`` (default: the environment's settings) with its lakehouse moved to ``lakehouse``."""
-    from jobs.config import load_settings
+    from jobs.platform.config import load_settings
 
     return (base or load_settings()).model_copy(update={"lakehouse": lakehouse}, deep=True)
 
@@ -168,7 +168,12 @@ def build_golden(spark, s, months=GOLDEN_GREEN, weeks=GOLDEN_WEEKS) -> dict[str,
     """The golden sequence of jobs on the lakehouse of ``s``: ``months`` landed, validated and featurised (the
     others must be there already), training until 2023-01, scoring of 2023-02, the drift reports of ``weeks``.
     test_object_store runs its last month onwards on an object store."""
-    from jobs import features, ingest, monitor, score, train, validate
+    from jobs.features import job as features
+    from jobs.ingest import job as ingest
+    from jobs.monitoring import job as monitor
+    from jobs.scoring import job as score
+    from jobs.training import job as train
+    from jobs.validation import job as validate
 
     summaries = {}
     for month in months:
@@ -249,7 +254,7 @@ def cli_lakehouse(monkeypatch):
 
 def production(settings):
     """``settings`` with the profile's own training settings (conf/local.yaml), not the tests' small models."""
-    from jobs.config import load_settings
+    from jobs.platform.config import load_settings
 
     env = {k: v for k, v in os.environ.items() if k not in SMALL_MODELS}
     return settings.model_copy(update={"train": load_settings(env=env).train}, deep=True)
@@ -376,7 +381,7 @@ def free_port() -> int:
 def beeline(port: int, script: str, tmp_path: Path) -> str:
     """Run ``script`` against `taxi sql-server` over JDBC with the beeline shipped in pyspark (csv2 output); its
     `!columns` command is the JDBC getColumns call BI tools use."""
-    from jobs.cluster import spark_home
+    from jobs.platform.cluster import spark_home
 
     path = tmp_path / "query.sql"
     path.write_text(script)
@@ -395,9 +400,9 @@ def taxi_bin() -> str:
 
 def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
     """Environment for Airflow CLI subprocesses: own AIRFLOW_HOME (sqlite), project DAGs, local Spark, JARs."""
-    from jobs.class_archive import driver_java_options
-    from jobs.config import load_settings
-    from jobs.spark import cached_jars
+    from jobs.platform.class_archive import driver_java_options
+    from jobs.platform.config import load_settings
+    from jobs.platform.spark import cached_jars
 
     venv_bin = str(Path(sys.executable).parent)
     return {
@@ -415,8 +420,8 @@ def airflow_env(tmp_path: Path, lakehouse: Path) -> dict[str, str]:
 
 def airflow_init(env: dict[str, str]) -> str:
     """`taxi airflow-init` (db migrate + the Spark pool) as a deployment runs it; its JSON summary line."""
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", "airflow-init"], env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    command = [sys.executable, "-m", "jobs.entry.cli", "airflow-init"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"taxi airflow-init: {out.stderr[-3000:]}"
     return out.stdout.strip().splitlines()[-1]
 

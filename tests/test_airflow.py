@@ -87,7 +87,7 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
     for t in spark_tasks:
         assert t.retries == (0 if t.task_id == "validate" else 2)  # a rejected month is final, not retried
         assert t.retry_exponential_backoff and t.execution_timeout == timedelta(hours=1)
-        assert t._conn_id == "spark_default" and t.application.endswith("jobs/entrypoint.py")
+        assert t._conn_id == "spark_default" and t.application.endswith("jobs/entry/submit.py")
         assert t.pool == "taxi_spark"  # a backfill queues for the pool instead of starting more Spark drivers
     # The run created on 2023-04-01 (when March ended) processes March, in every task.
     run = _run_created_on(dag, "2023-04-01")
@@ -109,7 +109,7 @@ def test_the_wait_reschedules_itself_until_the_file_is_out_and_fails_for_good_on
 ):
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
-    from jobs.months import add_months
+    from jobs.platform.months import add_months
 
     site = tmp_path / "site"
     (tmp_path / "no-samples").mkdir()
@@ -148,7 +148,7 @@ def test_training_runs_on_announced_months_and_monitoring_on_scored_ones(dagbag)
 
 
 def test_only_a_new_month_outside_a_backfill_starts_a_training():
-    from jobs.airflow_wiring import announce_skip_reason
+    from jobs.entry.airflow_wiring import announce_skip_reason
 
     assert announce_skip_reason("green", "2023-03", "scheduled", ["2023-01", "2023-02"]) is None
     assert announce_skip_reason("green", "2023-01", "scheduled", []) is None  # the first month ever

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from jobs import lakehouse
+from jobs.platform import lakehouse
 
 from .conftest import (
     ROOT,

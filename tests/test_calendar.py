@@ -11,8 +11,9 @@ import threading
 
 import pytest
 
-from jobs import lakehouse, publication
-from jobs.errors import InputError
+from jobs.ingest import publication
+from jobs.platform import lakehouse
+from jobs.platform.errors import InputError
 
 from .conftest import settings_for
 

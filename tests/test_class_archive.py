@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.class_archive import archive_path, driver_java_options
-from jobs.config import load_settings
+from jobs.platform.class_archive import archive_path, driver_java_options
+from jobs.platform.config import load_settings
 
 from .conftest import settings_for
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import cluster, features, lakehouse
+from jobs.features import job as features
+from jobs.platform import cluster, lakehouse
 
 from .conftest import (
     airflow_env,

@@ -17,8 +17,8 @@ if importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") 
         "the [deep] extra is not installed: `make test-deep` installs it and runs this", allow_module_level=True
     )
 
-from jobs.config import DeepConfig  # noqa: E402
-from jobs.features import MODEL_FEATURES  # noqa: E402
+from jobs.models.inputs import MODEL_FEATURES  # noqa: E402
+from jobs.platform.config import DeepConfig  # noqa: E402
 
 DEFAULT_TIER = "integration"
 N = len(MODEL_FEATURES)
@@ -59,7 +59,7 @@ def test_the_network_reads_nulls_and_unseen_codes_as_unknown_and_standardises_wi
 
 @pytest.mark.unit
 def test_the_network_round_trips_through_bytes_and_the_mlflow_keras_flavour(tmp_path):
-    from jobs.flavors import NativeModel
+    from jobs.models.flavors import NativeModel
     from jobs.training import deep
 
     deep.keras()  # first: it picks the JAX backend, which Keras reads once, at its first import (by mlflow.keras too)
@@ -80,8 +80,12 @@ def test_the_network_round_trips_through_bytes_and_the_mlflow_keras_flavour(tmp_
 def test_deep_challenger_registers_only_through_the_gate_and_scores_on_the_arrow_path(spark, lake):
     import mlflow
 
-    from jobs import lakehouse, score, train
-    from jobs.modeling import PREDICTION, feature_matrix, load_registered
+    from jobs.models.inputs import PREDICTION
+    from jobs.models.prediction import feature_matrix
+    from jobs.models.registry import load_registered
+    from jobs.platform import lakehouse
+    from jobs.scoring import job as score
+    from jobs.training import job as train
 
     s = lake.model_copy(deep=True)
     s.mlflow.registered_model_prefix = "deep-test"

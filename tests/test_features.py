@@ -13,8 +13,13 @@ import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
 
-from jobs import features, freshness, ingest, lakehouse, train, validate
-from jobs.errors import MissingUpstream
+from jobs.features import freshness
+from jobs.features import job as features
+from jobs.ingest import job as ingest
+from jobs.platform import lakehouse
+from jobs.platform.errors import MissingUpstream
+from jobs.training import job as train
+from jobs.validation import job as validate
 
 from .conftest import DATA, GOLDEN_GREEN, partition_rows
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import ConfigError, load_settings
-from jobs.errors import InputError
-from jobs.months import (
+from jobs.platform.config import ConfigError, load_settings
+from jobs.platform.errors import InputError
+from jobs.platform.months import (
     add_months,
     check_month,
     check_week,
@@ -103,7 +103,7 @@ def test_invalid_config_names_the_key(env, fragment):
 
 def test_an_unsupported_lakehouse_scheme_is_refused_at_start_up_and_nothing_is_written(tmp_path):
     env = {**os.environ, "TAXI_LAKEHOUSE": "gs://taxi-bucket/lake"}
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--service", "green", "--month", "2023-01"],
+    out = subprocess.run([sys.executable, "-m", "jobs.entry.cli", "ingest", "--service", "green", "--month", "2023-01"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2 and "gs:// is not supported" in out.stderr, out.stderr[-2000:]
     assert list(tmp_path.iterdir()) == [] and not (ROOT / "gs:").exists()  # no folder named after the scheme
@@ -111,8 +111,8 @@ def test_an_unsupported_lakehouse_scheme_is_refused_at_start_up_and_nothing_is_w
 
 
 def test_object_store_lakehouse_uris_and_the_connector_settings_come_from_the_aws_environment(monkeypatch):
-    from jobs import lakehouse, storage
-    from jobs.spark import session_packages
+    from jobs.platform import lakehouse, storage
+    from jobs.platform.spark import session_packages
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")

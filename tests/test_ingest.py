@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from jobs import ingest, lakehouse
-from jobs.cli import main
-from jobs.schema import BRONZE_COLUMNS, TRIP_COLUMNS
+from jobs.entry.cli import main
+from jobs.ingest import job as ingest
+from jobs.platform import lakehouse
+from jobs.platform.schema import BRONZE_COLUMNS, TRIP_COLUMNS
 
 from .conftest import DATA, ROOT, partition_rows, table_checksum, table_version
 
@@ -97,7 +98,7 @@ def test_trip_id_is_unique_even_for_identical_rows(spark):
 
     from pyspark.sql import functions as F
 
-    from jobs.ingest import add_trip_id
+    from jobs.ingest.job import add_trip_id
 
     t = datetime(2023, 1, 1, 10)
     rows = [(1, t, t, 5.0)] * 3 + [(2, t, t, 5.0)]
@@ -200,7 +201,7 @@ def test_every_command_and_option_is_documented_in_the_readme():
     """The README is the manual: every subcommand and every one of its options appears in it."""
     import argparse
 
-    from jobs.cli import build_parser
+    from jobs.entry.cli import parser as build_parser
 
     readme = (ROOT / "README.md").read_text()
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

@@ -7,7 +7,7 @@ import random
 import subprocess
 from pathlib import Path
 
-from jobs import lakehouse
+from jobs.platform import lakehouse
 
 from .conftest import job_env, partition_rows, taxi_bin
 

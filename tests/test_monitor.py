@@ -10,11 +10,14 @@ import math
 import pytest
 from deltalake import DeltaTable
 
-from jobs import lakehouse, monitor, score
-from jobs.modeling import PREDICTION
+from jobs.models import binning
+from jobs.models.binning import MISSING, OTHER, BinSpec
+from jobs.models.inputs import PREDICTION
+from jobs.monitoring import job as monitor
 from jobs.monitoring import stats
 from jobs.monitoring.report import bin_labels, zone_names
-from jobs.monitoring.stats import MISSING, OTHER, BinSpec
+from jobs.platform import lakehouse
+from jobs.scoring import job as score
 
 from .conftest import GOLDEN_WEEK, GOLDEN_WEEKS, chromium_dom
 
@@ -45,10 +48,10 @@ def test_js_distance_by_hand():
 def test_bins_come_from_the_reference_and_count_missing_separately(spark):
     ref = spark.createDataFrame([(float(i),) for i in range(100)] + [(None,)], "x double")
     spec = BinSpec("x", "continuous", edges=[24.0, 49.0, 74.0])
-    counts = stats.binned_counts(ref, [spec])["x"]
+    counts = binning.binned_counts(ref, [spec])["x"]
     assert counts == {0: 25, 1: 25, 2: 25, 3: 25, MISSING: 1}
     cur = spark.createDataFrame([(1000.0,)] * 10, "x double")  # far outside the reference: all in the last bin
-    assert stats.binned_counts(cur, [spec])["x"] == {3: 10}
+    assert binning.binned_counts(cur, [spec])["x"] == {3: 10}
 
 
 # Ten judged continuous features f0..f9 (PSI decides), one categorical c0 (JS decides), one calendar feature.
@@ -263,7 +266,7 @@ def test_complete_weeks_need_every_day_scored():
 
 def test_pending_reports_exactly_the_missing_complete_weeks_and_a_rerun_adds_nothing(spark, lake, cli_lakehouse,
                                                                                     capsys):  # fmt: skip
-    from jobs.cli import main
+    from jobs.entry.cli import main
 
     spark.sql(f"DELETE FROM delta.`{lakehouse.DRIFT.path(lake)}` WHERE week IN ('2023-W07', '2023-W08')")
     first = monitor.run_pending(spark, lake, "green")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import lakehouse, storage
+from jobs.platform import lakehouse, storage
 
 from .conftest import (
     GOLDEN_GREEN,
@@ -109,7 +109,7 @@ def _project_files() -> dict[str, int]:
 
 
 def _object_store_settings(env):
-    from jobs.config import load_settings
+    from jobs.platform.config import load_settings
 
     return load_settings(env=env)
 
@@ -148,7 +148,8 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     script = (
         f"import json, os, sys; sys.path.insert(0, {str(ROOT)!r}); from tests.conftest import build_golden; "
         "os.environ.update(json.loads(os.environ['TAXI_TEST_OBJECT_STORE'])); "
-        "from jobs.config import load_settings; from jobs.spark import get_spark; s = load_settings(); "
+        "from jobs.platform.config import load_settings; from jobs.platform.spark import get_spark; "
+        "s = load_settings(); "
         f"print(json.dumps(build_golden(get_spark(s), s, months=[{NEW_MONTH!r}], weeks=[{GOLDEN_WEEK!r}])))"
     )
     store = {k: env[k] for k in ("TAXI_LAKEHOUSE", "MLFLOW_TRACKING_URI")}

@@ -13,9 +13,13 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import features, ingest, lakehouse, score, validate
-from jobs.cli import main
-from jobs.errors import ServiceUnavailable
+from jobs.entry.cli import main
+from jobs.features import job as features
+from jobs.ingest import job as ingest
+from jobs.platform import lakehouse
+from jobs.platform.errors import ServiceUnavailable
+from jobs.scoring import job as score
+from jobs.validation import job as validate
 
 from .conftest import DATA, job_env, partition_rows, table_checksum, table_version, taxi_bin, wait_until
 
@@ -255,8 +259,9 @@ def test_arrow_and_pandas_predictions_agree_with_nulls(spark):
     import numpy as np
     import xgboost as xgb
 
-    from jobs.features import MODEL_FEATURES
-    from jobs.modeling import PREDICTION, NativeModel, feature_matrix, predict_log, predict_minutes
+    from jobs.models.flavors import NativeModel, predict_log
+    from jobs.models.inputs import MODEL_FEATURES, PREDICTION
+    from jobs.models.prediction import feature_matrix, predict_minutes
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, len(MODEL_FEATURES)))
@@ -282,7 +287,7 @@ def test_arrow_and_pandas_predictions_agree_with_nulls(spark):
 
 
 def test_mlflow_unreachable_fails_clearly_and_registers_nothing(spark, golden, monkeypatch):
-    from jobs import train
+    from jobs.training import job as train
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the job's own tries are what is under test
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from jobs.reports import offline
+from jobs.platform.reports import offline
 
 from .conftest import chromium_probe
 
@@ -62,7 +62,7 @@ def _run(service, month, started, verdict="passed", failures=None, total=1000):
 
 
 def test_the_overview_puts_months_side_by_side_with_rule_changes_and_links(tmp_path):
-    from jobs.reports import validation_overview
+    from jobs.validation import overview as validation_overview
 
     runs = [
         _run("green", "2023-01", 1, failures={"duration_max": 5, "pickup_in_month": 2}),

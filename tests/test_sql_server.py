@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from jobs import lakehouse
-from jobs.cli import main
+from jobs.entry.cli import main
+from jobs.platform import lakehouse
 
 from .conftest import beeline, free_port, job_env, partition_rows, taxi_bin
 
@@ -79,8 +79,8 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
 def test_a_server_on_another_address_than_loopback_needs_authentication(capsys):
     assert main(["sql-server", "start", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in capsys.readouterr().err
-    from jobs.config import load_settings
-    from jobs.sql_server import check_exposure
+    from jobs.platform.config import load_settings
+    from jobs.platform.sql_server import check_exposure
 
     settings = load_settings()
     check_exposure(settings, "127.0.0.1")  # loopback: no authentication needed

@@ -9,8 +9,12 @@ import mlflow
 import pytest
 from deltalake import DeltaTable
 
-from jobs import lakehouse, train
-from jobs.modeling import load_registered, predict_minutes, regression_metrics, setup_mlflow
+from jobs.models.metrics import regression_metrics
+from jobs.models.prediction import predict_minutes
+from jobs.models.registry import load_registered
+from jobs.platform import lakehouse
+from jobs.platform.tracking import setup_mlflow
+from jobs.training import job as train
 
 from .conftest import GOLDEN_WEEK, partition_rows, production, table_version
 
@@ -75,8 +79,8 @@ def test_the_ensemble_is_the_mean_of_each_learners_best_booster_on_the_log_scale
     with the model, no project import) predicts the same mean."""
     import numpy as np
 
-    from jobs.features import MODEL_FEATURES, TARGET
-    from jobs.modeling import feature_matrix
+    from jobs.models.inputs import MODEL_FEATURES, TARGET
+    from jobs.models.prediction import feature_matrix
 
     s, summary = golden.settings, golden.summaries["train"]
     runs = _child_runs(s, summary["run_id"])
@@ -119,8 +123,8 @@ def test_ensemble_members_are_each_learners_best_and_need_two_learners():
 
 @pytest.mark.unit
 def test_only_a_booster_champion_is_warm_started(settings):
-    from jobs.flavors import NativeModel
-    from jobs.log import JobLog
+    from jobs.models.flavors import NativeModel
+    from jobs.platform.log import JobLog
 
     s = settings.model_copy(deep=True)
     s.train.warm_start, s.train.learners = True, ["xgboost"]
@@ -259,8 +263,11 @@ def test_registered_version_carries_its_facts_and_the_gate_report(golden):
 
 
 def test_a_challenger_in_shadow_then_promote_forward_and_back_and_the_monitor_follows_the_scoring_version(spark, lake):
-    from jobs import monitor, promote, score, shadow
-    from jobs.errors import InputError
+    from jobs.monitoring import job as monitor
+    from jobs.platform.errors import InputError
+    from jobs.promotion import job as promote
+    from jobs.scoring import job as score
+    from jobs.scoring import shadow
 
     name = lake.registered_model("green")
     client = mlflow.MlflowClient(tracking_uri=lake.tracking_uri, registry_uri=lake.tracking_uri)
@@ -326,7 +333,7 @@ def test_a_challenger_in_shadow_then_promote_forward_and_back_and_the_monitor_fo
 def test_promotion_after_shadow_needs_each_of_the_latest_weeks_won_by_that_version():
     import pandas as pd
 
-    from jobs.monitoring.shadow import weeks_won
+    from jobs.monitoring.shadow_compare import weeks_won
 
     def week(w, version, wins):
         return [(w, "shadow_challenger_version", float(version)), (w, "shadow_challenger_wins", float(wins)),
@@ -342,7 +349,7 @@ def test_promotion_after_shadow_needs_each_of_the_latest_weeks_won_by_that_versi
 
 
 def test_training_without_enough_feature_months_fails_clearly(spark, golden):
-    from jobs.errors import MissingUpstream
+    from jobs.platform.errors import MissingUpstream
 
     with pytest.raises(MissingUpstream, match=r"needs feature months for a train/validation split; found none"):
         train.run(spark, golden.settings, "yellow", "2019-05", months=3)
@@ -376,7 +383,7 @@ def test_scoring_wrote_one_row_per_validated_trip_with_the_champion_version(gold
 
 
 def test_scoring_a_month_without_features_names_the_missing_stage(lake, cli_lakehouse, capsys):
-    from jobs.cli import main
+    from jobs.entry.cli import main
 
     cli_lakehouse(lake)
     version = table_version(lake, lakehouse.PREDICTIONS)
@@ -390,7 +397,7 @@ def test_scoring_a_month_without_features_names_the_missing_stage(lake, cli_lake
 def test_models_load_only_from_the_registry(lake, cli_lakehouse, tmp_path, capsys):
     """A version or alias the registry does not hold is refused with the registry named; a local model file is not
     a way in (no option takes a path, and an alias that looks like one is just an unknown alias)."""
-    from jobs.cli import main
+    from jobs.entry.cli import main
 
     cli_lakehouse(lake)
     version = table_version(lake, lakehouse.PREDICTIONS)
@@ -428,7 +435,7 @@ def test_bi_reads_predictions_with_duckdb_and_spark_sql(spark, golden):
 def test_the_deep_learner_without_its_extra_is_refused_before_training(settings, monkeypatch):
     import sys
 
-    from jobs.errors import InputError
+    from jobs.platform.errors import InputError
 
     monkeypatch.setitem(sys.modules, "keras", None)  # what `import keras` meets without the [deep] extra
     s = settings.model_copy(deep=True)
@@ -442,7 +449,7 @@ def test_a_worker_builds_each_models_predictor_once():
     import lightgbm as lgb
     import numpy as np
 
-    from jobs.flavors import NativeModel, cached_predictor
+    from jobs.models.flavors import NativeModel, cached_predictor
 
     rng = np.random.default_rng(0)
     x, y = rng.random((200, 29)), rng.random(200)

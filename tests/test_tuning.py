@@ -10,10 +10,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from jobs import train
-from jobs.config import ConfigError, load_settings
-from jobs.errors import InputError
+from jobs.platform.config import ConfigError, load_settings
+from jobs.platform.errors import InputError
 from jobs.training import bakeoff, tuning
+from jobs.training import job as train
 
 
 # ---- unit --------------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def _row(name, rmse, chosen=False, model=True):
 
 @pytest.mark.unit
 def test_the_bakeoff_page_ranks_candidates_states_its_months_and_loads_nothing():
-    from jobs.reports import offline
+    from jobs.platform.reports import offline
 
     report = {
         "service": "green", "run_id": "abc", "valid_month": "2023-01", "train_months": ["2022-01", "2022-02"],
@@ -135,7 +135,7 @@ def test_the_bakeoff_says_how_the_network_and_the_ensemble_were_trained():
 @pytest.mark.unit
 @pytest.mark.parametrize("flag", [["--tune", "-1"], ["--tune", "two"], ["--tune-minutes", "0"]])
 def test_bad_tuning_flags_are_refused_before_any_work(flag, capsys):
-    from jobs.cli import main
+    from jobs.entry.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["train", "--service", "green", "--until", "2023-01", *flag])
@@ -158,7 +158,7 @@ def test_a_search_the_window_cannot_hold_is_refused_before_anything_is_trained_o
 
 @pytest.mark.spark
 def test_one_pass_metrics_equal_a_separate_aggregation_per_group(spark):
-    from jobs.modeling import full_metrics, regression_metrics, with_bands
+    from jobs.models.metrics import full_metrics, regression_metrics, with_bands
 
     rows = [(b, h, d, float(t), float(p)) for b, h, d, t, p in [
         ("Queens", 7, 0.5, 10, 12), ("Queens", 7, 12.0, 30, 20), ("Bronx", 23, 3.0, 15, 15), ("Bronx", 2, None, 8, 9),

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from jobs import ingest, lakehouse, validate
-from jobs.cli import main
-from jobs.errors import MissingUpstream, MonthRejected
+from jobs.entry.cli import main
+from jobs.ingest import job as ingest
+from jobs.platform import lakehouse
+from jobs.platform.errors import MissingUpstream, MonthRejected
+from jobs.validation import job as validate
 
 from .conftest import DATA, GOLDEN_GREEN, job_env, table_checksum, table_version, taxi_bin
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import ingest, lakehouse
+from jobs.ingest import job as ingest
+from jobs.platform import lakehouse
 
 from .conftest import DATA, ROOT, job_env, table_checksum
 
@@ -51,7 +52,7 @@ def test_every_reader_shows_the_raw_files_wall_clock_times(golden):
 def test_week_boundaries_do_not_move_with_the_machines_time_zone(spark, golden, monkeypatch):
     """The week's trips selected under a New York Python process equal those selected under UTC (a naive datetime
     literal would have moved the boundaries by five hours)."""
-    from jobs.monitor import scored_week
+    from jobs.monitoring.job import scored_week
 
     def week_ids() -> set[str]:
         return {r.trip_id for r in scored_week(spark, golden.settings, "green", "2023-W06").select("trip_id").collect()}
@@ -73,8 +74,9 @@ def test_months_processed_in_new_york_time_give_the_tables_utc_gives(golden, tmp
     values as the golden lakehouse built under UTC."""
     months = ("2022-01", "2022-02")
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import time; assert time.strftime('%Z') in "
-              "('EST', 'EDT'); from jobs import features, ingest, validate; from jobs.config import load_settings; "
-              "from jobs.spark import get_spark; s = load_settings(); spark = get_spark(s); "
+              "('EST', 'EDT'); from jobs.features import job as features; from jobs.ingest import job as ingest; "
+              "from jobs.validation import job as validate; from jobs.platform.config import load_settings; "
+              "from jobs.platform.spark import get_spark; s = load_settings(); spark = get_spark(s); "
               "assert spark.sparkContext._jvm.java.util.TimeZone.getDefault().getID() == 'America/New_York'; "
               f"[(ingest.run(spark, s, 'green', m), validate.run(spark, s, 'green', m)) for m in {months!r}]; "
               f"features.run(spark, s, 'green', {months[-1]!r})")  # fmt: skip
@@ -94,7 +96,7 @@ def test_a_lakehouse_from_before_wall_clock_times_is_refused_then_migrated(spark
     naming the command; `taxi migrate-timestamps` rewrites them with the same values, once."""
     from pyspark.sql import functions as F
 
-    from jobs.errors import InputError
+    from jobs.platform.errors import InputError
 
     before = {
         t.key: table_checksum(t.path(lake), "green", "2023-02") for t in (lakehouse.BRONZE, lakehouse.PREDICTIONS)

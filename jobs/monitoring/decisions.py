@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .. import lakehouse
-from ..config import Settings
+from jobs.platform import lakehouse
+from jobs.platform.config import Settings
 
 
 def weeks_asking_for_retraining(settings: Settings, service: str, since: dt.datetime) -> list[str]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ..features import BOROUGHS
-from ..reports.figures import png_base64
-from .stats import MISSING, OTHER, BinSpec, proportions
+from jobs.models.binning import MISSING, OTHER, BinSpec
+from jobs.models.inputs import BOROUGHS
+from jobs.monitoring.stats import proportions
+from jobs.platform.reports.figures import png_base64
 
 ZONE_FEATURES = ("PULocationID", "DOLocationID")
 BOROUGH_FEATURES = ("pu_borough_code", "do_borough_code")

@@ -7,10 +7,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..config import PROJECT_ROOT
-from ..features import MODEL_FEATURES, TARGET
-from ..flavors import BOOSTERS, log_model
-from ..modeling import PREDICTION, NativeModel
+from jobs.models.flavors import BOOSTERS, NativeModel, log_model
+from jobs.models.inputs import MODEL_FEATURES, PREDICTION, TARGET
+from jobs.platform.config import PROJECT_ROOT
 
 
 def git_commit() -> str:
@@ -62,6 +61,6 @@ def log_plots(mlflow, model: NativeModel | None, sample, name: str) -> None:
 
 def log_native_model(mlflow, model: NativeModel, input_example):
     """Log the model in its native MLflow flavour with signature and input example; returns the model URI."""
-    from ..modeling import feature_matrix
+    from jobs.models.prediction import feature_matrix
 
     return log_model(mlflow, model, input_example[MODEL_FEATURES].astype("float64"), feature_matrix)

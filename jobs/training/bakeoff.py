@@ -12,9 +12,11 @@ import html
 import time
 from typing import Any
 
-from .. import storage
-from ..modeling import DISTANCE_BANDS, HOUR_BANDS, NativeModel, feature_matrix
-from ..reports.figures import png_base64
+from jobs.models.flavors import NativeModel
+from jobs.models.metrics import DISTANCE_BANDS, HOUR_BANDS
+from jobs.models.prediction import feature_matrix
+from jobs.platform import storage
+from jobs.platform.reports.figures import png_base64
 
 OVERALL = ("rmse", "mae", "rmsle", "bias", "n")
 GROUPS = {
@@ -107,7 +109,7 @@ def _rmse_plot(rows: list[dict[str, Any]]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The page for one training run's bake-off (``report`` as :func:`jobs.train` builds it)."""
+    """The page for one training run's bake-off (``report`` as :func:`jobs.training.job` builds it)."""
     rows = sorted(report["rows"], key=lambda r: r["metrics"]["rmse"])
     best = rows[0]["metrics"]["rmse"]
 

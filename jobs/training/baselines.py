@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..features import TARGET
-from ..modeling import PREDICTION
+from jobs.models.inputs import PREDICTION, TARGET
 
 
 def zone_pair_median(train, valid):

@@ -16,13 +16,12 @@ sample, never on the validation month.
 
 from __future__ import annotations
 
-import os
 import time
 
-from ..config import DeepConfig
-from ..errors import InputError
-from ..features import MODEL_FEATURES, TARGET
-from ..flavors import NativeModel
+from jobs.models.flavors import NativeModel
+from jobs.models.inputs import MODEL_FEATURES, TARGET
+from jobs.models.keras_network import _LAYERS, keras
+from jobs.platform.config import DeepConfig
 
 ZONES = 266  # TLC zone ids 1..265 (264/265 unknown)
 # (column, distinct codes the embedding has room for, width as a share of train.deep.zone_embedding)
@@ -45,80 +44,6 @@ CATEGORIES = [
 LOG_SCALED = {"trip_distance", "centroid_distance_km", "hist_median_duration_min", "hist_median_speed_mph",
               "hist_trip_count"}  # fmt: skip
 NUMBERS = [c for c in MODEL_FEATURES if c not in {name for name, _, _ in CATEGORIES}]
-
-
-def keras():
-    """Keras on the JAX backend (chosen before the first import: Keras reads it once)."""
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    try:
-        import keras as k
-    except ImportError as e:
-        raise InputError(
-            f"train.learners includes deep, which needs the [deep] extra (Keras 3 + JAX): pip install -e '.[deep]'; {e}"
-        ) from e
-    _register(k)
-    return k
-
-
-_LAYERS: dict = {}
-
-
-def _register(k) -> None:
-    """Define the preprocessing layers once, registered so that a saved network loads anywhere."""
-    if _LAYERS:
-        return
-    ops = k.ops
-
-    @k.saving.register_keras_serializable(package="taxi")
-    class CategoryIndex(k.layers.Layer):
-        """Column ``column`` of the matrix as an embedding index: code + 1 within ``size``, 0 for NaN/out of range."""
-
-        def __init__(self, column: int, size: int, **kwargs):
-            super().__init__(**kwargs)
-            self.column, self.size = column, size
-
-        def call(self, x):
-            v = x[:, self.column]
-            inside = ops.logical_and(v >= 0, v < self.size)
-            return ops.cast(ops.where(inside, v + 1, ops.zeros_like(v)), "int32")
-
-        def get_config(self):
-            return {**super().get_config(), "column": self.column, "size": self.size}
-
-    @k.saving.register_keras_serializable(package="taxi")
-    class ZonePair(k.layers.Layer):
-        """One index per (pickup, dropoff) pair of embedding indices."""
-
-        def __init__(self, size: int, **kwargs):
-            super().__init__(**kwargs)
-            self.size = size
-
-        def call(self, pu, do):
-            return pu * (self.size + 1) + do
-
-        def get_config(self):
-            return {**super().get_config(), "size": self.size}
-
-    @k.saving.register_keras_serializable(package="taxi")
-    class Standardize(k.layers.Layer):
-        """Columns ``columns`` (log1p where ``logged``) standardised with fixed statistics, plus missing flags."""
-
-        def __init__(self, columns: list[int], logged: list[bool], mean: list[float], std: list[float], **kwargs):
-            super().__init__(**kwargs)
-            self.columns, self.logged, self.mean, self.std = columns, logged, mean, std
-
-        def call(self, x):
-            v = ops.take(x, self.columns, axis=1)
-            missing = ops.isnan(v)
-            v = ops.where(ops.array(self.logged), ops.log1p(ops.maximum(v, 0.0)), v)
-            z = ops.clip((v - ops.array(self.mean)) / ops.array(self.std), -6.0, 6.0)
-            return ops.concatenate([ops.where(missing, ops.zeros_like(z), z), ops.cast(missing, z.dtype)], axis=1)
-
-        def get_config(self):
-            return {**super().get_config(), "columns": self.columns, "logged": self.logged, "mean": self.mean,
-                    "std": self.std}  # fmt: skip
-
-    _LAYERS.update(CategoryIndex=CategoryIndex, ZonePair=ZonePair, Standardize=Standardize)
 
 
 def number_statistics(matrix):
@@ -168,7 +93,7 @@ def sample_rows(rows, max_rows: int, seed: int):
     """A uniform sample of at most ``max_rows`` training rows, collected to the driver as (matrix, log1p target)."""
     import numpy as np
 
-    from ..modeling import feature_matrix
+    from jobs.models.prediction import feature_matrix
 
     total = rows.count()
     if total > max_rows:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..features import MODEL_FEATURES, TARGET
-from ..modeling import NativeModel, predict_minutes
-from ..spark import executor_cores
+from jobs.models.flavors import NativeModel
+from jobs.models.inputs import MODEL_FEATURES, TARGET
+from jobs.models.prediction import predict_minutes
+from jobs.platform.spark import executor_cores
 
 
 def learner_params(settings, learner: str) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def fit_model(settings, learner: str, rows, params: dict[str, Any], workers: int
     continuing ``init`` when given; returns it with what the fit reports (the network's sample and epochs)."""
     seed = settings.train.seed
     if learner == "deep":
-        from .deep import fit_deep
+        from jobs.training.deep import fit_deep
 
         return fit_deep(rows, settings.train.deep, seed)
     if init is not None and learner == "lightgbm":
@@ -96,7 +97,7 @@ def fit_lightgbm(train_vec, params: dict[str, Any], num_workers: int, seed: int,
 
 def with_init_score(df, init: NativeModel):
     """Assembled training data plus ``init_score``: the champion's log-scale prediction for each row."""
-    from ..modeling import PREDICTION
+    from jobs.models.inputs import PREDICTION
 
     scored = predict_minutes(df, init, [*MODEL_FEATURES, TARGET], log_scale=True)
     return assemble(scored.withColumnRenamed(PREDICTION, "init_score"), extra=("init_score",))

@@ -6,12 +6,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import registry
-from ..config import Settings
-from ..features import MODEL_FEATURES, TARGET
-from ..modeling import NativeModel, predict_minutes, regression_metrics
-from .artifacts import log_native_model
-from .learners import fit_model
+from jobs.models import registry
+from jobs.models.flavors import NativeModel
+from jobs.models.inputs import MODEL_FEATURES, TARGET
+from jobs.models.metrics import regression_metrics
+from jobs.models.prediction import predict_minutes
+from jobs.platform.config import Settings
+from jobs.training.artifacts import log_native_model
+from jobs.training.learners import fit_model
 
 KEEP = ["trip_id", "pu_borough", "pickup_hour", "trip_distance", TARGET]
 
@@ -73,9 +75,12 @@ def refit(spark, mlflow, settings: Settings, best: Candidate, valid, workers: in
                      best.warm_start, best.params)  # fmt: skip
 
 
-def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[str, Any], champion, champion_mv,
+def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[str, Any], champion_now: tuple,
          valid, valid_month: str) -> dict[str, Any]:  # fmt: skip
-    """Register the best learner; give it the champion alias only if it beats the champion by the margin."""
+    """Register the best learner; give it the champion alias only if it beats the champion by the margin.
+
+    ``champion_now``: (the champion's model, its ModelVersion), both None before the first promotion."""
+    champion, champion_mv = champion_now
     champion_rmse = None
     if champion is not None:
         champion_rmse = regression_metrics(predict_minutes(valid, champion, KEEP))["rmse"]
@@ -90,14 +95,10 @@ def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[s
         else "validation month: seen by the champion (--force)",
     )  # fmt: skip
     mlflow.log_dict(report, registry.GATE_REPORT)
-    c = registry.client()
     name = settings.registered_model(service)
     if report["passes"]:
         registry.set_champion(settings, service, mv.version, champion_mv.version if champion_mv else None)
-        c.set_model_version_tag(name, mv.version, "gate", "promoted")
-    else:
-        c.set_model_version_tag(name, mv.version, "gate", "rejected")
-        c.set_model_version_tag(name, mv.version, "rejected_reason", report["reason"])
+    registry.record_gate(settings, service, mv.version, report["passes"], report["reason"])
     return {
         "registered_model": name,
         "registered_version": int(mv.version),

@@ -17,11 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import SearchDim, Settings
-from ..errors import InputError
-from ..features import TARGET
-from ..modeling import NativeModel, predict_minutes, regression_metrics
-from .learners import assemble, fit_lightgbm, fit_xgboost
+from jobs.models.flavors import NativeModel
+from jobs.models.inputs import TARGET
+from jobs.models.metrics import regression_metrics
+from jobs.models.prediction import predict_minutes
+from jobs.platform.config import SearchDim, Settings
+from jobs.platform.errors import InputError
+from jobs.training.learners import assemble, fit_lightgbm, fit_xgboost
 
 ROUNDS = {"xgboost": "n_estimators", "lightgbm": "numIterations"}
 TUNE_FLAG = "is_tuning_month"

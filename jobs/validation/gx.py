@@ -1,5 +1,6 @@
 """Great Expectations: a file-backed context (the lakehouse's reports folder, or a local copy of it) runs a suite
-through a checkpoint that rebuilds the Data Docs, which are then made to render offline (:mod:`jobs.reports.offline`).
+through a checkpoint that rebuilds the Data Docs, which are then made to render offline
+(:mod:`jobs.platform.reports.offline`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import storage
-from ..config import Settings
-from ..reports.offline import make_offline
-from .suites import RuleOutcome, Suite, SuiteOutcome
+from jobs.platform import storage
+from jobs.platform.config import Settings
+from jobs.platform.reports.offline import make_offline
+from jobs.validation.suites import RuleOutcome, Suite, SuiteOutcome
 
 DOCS_INDEX = Path("gx") / "uncommitted" / "data_docs" / "local_site" / "index.html"
-OVERVIEW = Path("index.html")  # the validation overview (jobs.reports.validation_overview), next to the GX project
+OVERVIEW = Path("index.html")  # the validation overview (jobs.validation.overview), next to the GX project
 
 
 def published_root(settings: Settings):

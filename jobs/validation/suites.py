@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PROJECT_ROOT
+from jobs.platform.config import PROJECT_ROOT
 
 SUITES_DIR = PROJECT_ROOT / "expectations"
 

@@ -1,0 +1,157 @@
+"""Score: predict every validated trip of a month with a registered model into ``gold/predictions``, and with
+the challenger in shadow (``taxi shadow``), when there is one, into ``gold/shadow_predictions``.
+
+The model comes from the MLflow registry by alias (default ``champion``) or version, never from a local path.
+Prediction runs in Arrow batches with the booster's in-place predict (see :mod:`jobs.models.prediction`). Rescoring a
+month replaces its partition in one Delta commit; every row names the model version and the feature table
+version it came from, so BI users can always tell which model produced a number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.models import registry
+from jobs.models.inputs import PREDICTION, TARGET
+from jobs.models.interval import P10, P90, load_interval
+from jobs.models.metrics import metric_exprs
+from jobs.models.prediction import predict_minutes
+from jobs.models.registry import load_registered
+from jobs.platform import lakehouse
+from jobs.platform.config import Settings
+from jobs.platform.errors import MissingUpstream
+from jobs.platform.log import JobLog, spark_progress
+from jobs.platform.months import check_month, check_service
+from jobs.platform.tracking import setup_mlflow
+
+KEEP = [
+    "trip_id",
+    "pickup_datetime",
+    "PULocationID",
+    "DOLocationID",
+    "pu_zone",
+    "do_zone",
+    "pu_borough",
+    "do_borough",
+    "trip_distance",
+    "pickup_hour",
+    TARGET,
+    "in_training_range",
+]
+
+
+def to_output(predictions, service: str, month: str, model_name: str, model_version: int, features_version: int,
+              run_id: str):  # fmt: skip
+    """Predictions -> the BI-facing schema of ``gold/predictions``."""
+    from pyspark.sql import functions as F
+
+    return predictions.select(
+        "trip_id",
+        F.col("pickup_datetime"),
+        F.hour("pickup_datetime").alias("pickup_hour"),
+        "PULocationID",
+        "DOLocationID",
+        F.col("pu_zone").alias("pickup_zone"),
+        F.col("do_zone").alias("dropoff_zone"),
+        F.col("pu_borough").alias("pickup_borough"),
+        F.col("do_borough").alias("dropoff_borough"),
+        "trip_distance",
+        F.round(PREDICTION, 3).alias(PREDICTION),
+        *[
+            F.round(c, 3).alias(c) if c in predictions.columns else F.lit(None).cast("double").alias(c)
+            for c in (P10, P90)
+        ],  # fmt: skip
+        F.col(TARGET).alias("actual_duration_min"),
+        "in_training_range",
+        F.lit(model_name).alias("model_name"),
+        F.lit(int(model_version)).alias("model_version"),
+        F.lit(int(features_version)).alias("features_version"),
+        F.current_timestamp().alias("scored_at"),
+        F.lit(run_id).alias("scoring_run_id"),
+        F.lit(service).alias("service"),
+        F.lit(month).alias("month"),
+    )
+
+
+def run(spark, settings: Settings, service: str, month: str, alias: str | None = None,
+        version: int | None = None, skip_if_no_model: bool = False) -> dict[str, Any]:  # fmt: skip
+    check_service(service)
+    check_month(month)
+    log = JobLog("score", service, month)
+    setup_mlflow(settings)
+    alias = None if version else (alias or settings.score.model_alias)
+    try:
+        model, mv = load_registered(settings, service, alias=alias, version=version)
+    except MissingUpstream as e:
+        if not skip_if_no_model:
+            raise
+        log.warning("skipped: no model to score with", reason=str(e))
+        return {"skipped": True, "reason": str(e)}
+    features_version = (
+        lakehouse.current_version(spark, settings, lakehouse.FEATURES)
+        if lakehouse.exists(settings, lakehouse.FEATURES)
+        else None
+    )
+    lakehouse.read_partition(spark, settings, lakehouse.FEATURES, service, month, "taxi features")
+    feats = lakehouse.read(spark, settings, lakehouse.FEATURES, features_version).where(
+        lakehouse.partition_predicate(service, month)
+    )
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score.batch_size))
+    summary = write_scores(spark, settings, lakehouse.PREDICTIONS, feats, model, mv, service, month, features_version,
+                           log, alias)  # fmt: skip
+    # Scoring with the default alias (what the DAGs do) also scores the challenger; an explicit version does not.
+    challenger = registry.challenger(settings, service) if alias == settings.score.model_alias else None
+    if challenger is not None and challenger.version != mv.version:
+        # In shadow: the same trips, after the champion's partition is written (BI never waits for it).
+        shadow_model, _ = load_registered(settings, service, version=int(challenger.version))
+        summary["shadow"] = write_scores(spark, settings, lakehouse.SHADOW_PREDICTIONS, feats, shadow_model,
+                                         challenger, service, month, features_version, log,
+                                         registry.CHALLENGER)  # fmt: skip
+    log.info("done", **{k: v for k, v in summary.items() if k != "shadow"},
+             shadow_version=summary.get("shadow", {}).get("model_version", "none"),
+             duration_s=round(log.elapsed(), 1))  # fmt: skip
+    return summary
+
+
+def write_scores(spark, settings: Settings, table, feats, model, mv, service: str, month: str,
+                 features_version: int | None, log, alias: str | None) -> dict[str, Any]:  # fmt: skip
+    """Score ``feats`` with one registered version into the month's partition of ``table``; its summary."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    # A version trained with intervals points at its calibrated quantile models; an older one scores without.
+    interval = load_interval(mv.tags["interval_uri"]) if mv.tags.get("interval_uri") else None
+    log.info("model", name=mv.name, version=mv.version, flavor=model.flavor, alias=alias or "-", table=table.relpath,
+             features_version=features_version,
+             interval=f"{interval.coverage:.0%}" if interval else "none")  # fmt: skip
+    run_id = lakehouse.new_run_id("score")
+    predictions = predict_minutes(feats, model, KEEP, interval=interval)
+    out = to_output(predictions, service, month, mv.name, mv.version, features_version, run_id)
+    # Metrics are observed while the partition is written: no second pass over the predictions.
+    observed = Observation(f"score-{run_id}")
+    in_range = F.col("in_training_range")
+    inside = F.col("actual_duration_min").between(F.col(P10), F.col(P90)).cast("double")
+    out = out.observe(observed, *metric_exprs(PREDICTION, "actual_duration_min"),
+                      *metric_exprs(PREDICTION, "actual_duration_min", where=in_range, prefix="in_range_"),
+                      F.avg(F.when(in_range, inside)).alias("in_range_coverage"),
+                      F.avg(F.when(in_range, F.col(P90) - F.col(P10))).alias("in_range_interval_width"))  # fmt: skip
+    with spark_progress(spark, log):  # merge_schema: tables scored before intervals existed gain their columns
+        written = lakehouse.replace_partition(out, settings, table, run_id, service, month, merge_schema=True)
+    metrics = {k: (float("nan") if v is None else float(v)) for k, v in observed.get.items()}
+    return {
+        "rows": int(metrics["n"]),
+        "model_name": mv.name,
+        "model_version": int(mv.version),
+        "features_version": features_version,
+        "predictions_version": written,
+        "rmse_in_training_range": round(metrics["in_range_rmse"], 4),
+        "mae_in_training_range": round(metrics["in_range_mae"], 4),
+        "interval_coverage_in_training_range": _rounded(metrics["in_range_coverage"]),
+        "interval_width_in_training_range": _rounded(metrics["in_range_interval_width"]),
+        "run_id": run_id,
+    }
+
+
+def _rounded(value: float) -> float | None:
+    """4 decimals; None where nothing was measured (no interval, or no known duration)."""
+    return None if value != value else round(value, 4)
