@@ -25,22 +25,47 @@ PACKAGES = [
     ("bootstrap", "4.3.1", "MIT", ["LICENSE", "dist/css/bootstrap.min.css", "dist/js/bootstrap.min.js"]),
     ("jquery", "3.7.1", "MIT", ["LICENSE.txt", "dist/jquery.min.js"]),
     ("popper.js", "1.12.9", "MIT", ["dist/umd/popper.min.js"]),
-    ("bootstrap-table", "1.19.1", "MIT", [
-        "LICENSE", "dist/bootstrap-table.min.css", "dist/bootstrap-table.min.js",
-        "dist/extensions/filter-control/bootstrap-table-filter-control.css",
-        "dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
-        "dist/extensions/filter-control/bootstrap-table-filter-control.min.js"]),
-    ("bootstrap-datepicker", "1.9.0", "Apache-2.0", [
-        "LICENSE", "dist/css/bootstrap-datepicker.min.css", "dist/js/bootstrap-datepicker.min.js"]),
-    ("@fortawesome/fontawesome-free", "6.6.0", "(CC-BY-4.0 AND OFL-1.1 AND MIT)", [
-        "LICENSE.txt", "css/all.min.css", "webfonts/fa-brands-400.woff2", "webfonts/fa-regular-400.woff2",
-        "webfonts/fa-solid-900.woff2", "webfonts/fa-v4compatibility.woff2", "webfonts/fa-brands-400.ttf",
-        "webfonts/fa-regular-400.ttf", "webfonts/fa-solid-900.ttf", "webfonts/fa-v4compatibility.ttf"]),
+    (
+        "bootstrap-table",
+        "1.19.1",
+        "MIT",
+        [
+            "LICENSE",
+            "dist/bootstrap-table.min.css",
+            "dist/bootstrap-table.min.js",
+            "dist/extensions/filter-control/bootstrap-table-filter-control.css",
+            "dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
+            "dist/extensions/filter-control/bootstrap-table-filter-control.min.js",
+        ],
+    ),
+    (
+        "bootstrap-datepicker",
+        "1.9.0",
+        "Apache-2.0",
+        ["LICENSE", "dist/css/bootstrap-datepicker.min.css", "dist/js/bootstrap-datepicker.min.js"],
+    ),
+    (
+        "@fortawesome/fontawesome-free",
+        "6.6.0",
+        "(CC-BY-4.0 AND OFL-1.1 AND MIT)",
+        [
+            "LICENSE.txt",
+            "css/all.min.css",
+            "webfonts/fa-brands-400.woff2",
+            "webfonts/fa-regular-400.woff2",
+            "webfonts/fa-solid-900.woff2",
+            "webfonts/fa-v4compatibility.woff2",
+            "webfonts/fa-brands-400.ttf",
+            "webfonts/fa-regular-400.ttf",
+            "webfonts/fa-solid-900.ttf",
+            "webfonts/fa-v4compatibility.ttf",
+        ],
+    ),
     ("vega", "5.33.1", "BSD-3-Clause", ["build/vega.min.js"]),
     ("vega-lite", "5.23.0", "BSD-3-Clause", ["LICENSE", "build/vega-lite.min.js"]),
     ("vega-embed", "6.29.0", "BSD-3-Clause", ["LICENSE", "build/vega-embed.min.js"]),
     ("@forevolve/bootstrap-dark", "1.1.0", "MIT", ["LICENSE", "dist/css/bootstrap-prefers-dark.css"]),
-]  # fmt: skip
+]
 
 
 def main() -> None:
@@ -50,8 +75,12 @@ def main() -> None:
         with urllib.request.urlopen(tarball, timeout=120) as r:
             data = r.read()
         folder = OUT / f"{name.replace('/', '__')}@{version}"
-        entry = {"tarball": tarball, "tarball_sha256": hashlib.sha256(data).hexdigest(), "license": licence,
-                 "files": {}}  # fmt: skip
+        entry = {
+            "tarball": tarball,
+            "tarball_sha256": hashlib.sha256(data).hexdigest(),
+            "license": licence,
+            "files": {},
+        }
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for rel in files:
                 content = tar.extractfile(f"package/{rel}").read()

@@ -269,17 +269,24 @@ def table_version(settings, table) -> int:
 
 # Run-specific columns: when and by which run a row was written, and the upstream table version it read.
 VOLATILE = {
-    "ingested_at", "validation_run_id", "quarantined_at", "features_run_id", "scored_at", "scoring_run_id",
-    "features_version", "input_validation_runs",
-}  # fmt: skip
+    "ingested_at",
+    "validation_run_id",
+    "quarantined_at",
+    "features_run_id",
+    "scored_at",
+    "scoring_run_id",
+    "features_version",
+    "input_validation_runs",
+}
 
 
 def table_checksum(path: str, service: str, month: str, exclude: set[str] = VOLATILE) -> tuple[int, str]:
     """(rows, sha256 of the sorted rows) of one partition, read with delta-rs; run-specific columns left out."""
     from deltalake import DeltaTable
 
-    return frame_checksum(DeltaTable(path).to_pandas(filters=[("service", "=", service), ("month", "=", month)]),
-                          exclude)  # fmt: skip
+    return frame_checksum(
+        DeltaTable(path).to_pandas(filters=[("service", "=", service), ("month", "=", month)]), exclude
+    )
 
 
 def frame_checksum(df, exclude: set[str] = VOLATILE) -> tuple[int, str]:
@@ -323,10 +330,21 @@ def require_chromium() -> str:
 def chromium_dom(url: str, budget_ms: int = 5000) -> str:
     """The DOM of ``url`` after headless Chromium ran its scripts, with every network name unresolvable."""
     out = subprocess.run(
-        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
-         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            require_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout
 
 
@@ -355,10 +373,22 @@ def chromium_probe(page: Path, tmp_path: Path) -> dict[str, Any]:
     harness = tmp_path / f"probe-{page.stem}.html"
     harness.write_text(_PROBE % html.escape(page.as_uri()))
     out = subprocess.run(
-        [require_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
-         "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom", harness.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            require_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            harness.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     start = out.stdout.index('<pre id="out">') + len('<pre id="out">')
     return json.loads(html.unescape(out.stdout[start : out.stdout.index("</pre>", start)]))
 
@@ -386,10 +416,21 @@ def beeline(port: int, script: str, tmp_path: Path) -> str:
     path = tmp_path / "query.sql"
     path.write_text(script)
     out = subprocess.run(
-        [str(spark_home() / "bin" / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/taxi", "-n", "analyst",
-         "--outputformat=csv2", "--silent=true", "-f", str(path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(spark_home() / "bin" / "beeline"),
+            "-u",
+            f"jdbc:hive2://127.0.0.1:{port}/taxi",
+            "-n",
+            "analyst",
+            "--outputformat=csv2",
+            "--silent=true",
+            "-f",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out.stdout
 
@@ -435,8 +476,13 @@ def airflow_db(env: dict[str, str], sql: str, *params) -> list[tuple]:
 
 def airflow_task_states(env: dict[str, str], dag_id: str) -> dict[str, str]:
     """{task_id: state} in the DAG's latest run."""
-    rows = airflow_db(env, "select task_id, state from task_instance where run_id = (select run_id from dag_run "
-                      "where dag_id = ? order by id desc limit 1) and dag_id = ?", dag_id, dag_id)  # fmt: skip
+    rows = airflow_db(
+        env,
+        "select task_id, state from task_instance where run_id = (select run_id from dag_run "
+        "where dag_id = ? order by id desc limit 1) and dag_id = ?",
+        dag_id,
+        dag_id,
+    )
     return dict(rows)
 
 
@@ -444,8 +490,13 @@ def airflow_cli(env: dict[str, str], *args: str, timeout: int = 300, check: bool
     """Run one `airflow` CLI command. Retried while sqlite says "database is locked": the test Airflow runs on sqlite,
     whose single writer lock a busy scheduler or dag-processor can hold past the CLI's 5 s busy timeout."""
     for attempt in range(6):
-        out = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, capture_output=True,
-                             text=True, timeout=timeout)  # fmt: skip
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if out.returncode == 0 or "database is locked" not in out.stderr:
             break
         time.sleep(2 * (attempt + 1))

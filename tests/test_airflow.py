@@ -61,9 +61,15 @@ def _run_created_on(dag, day: str) -> dict:
     info = timetable.next_dagrun_info(last_automated_data_interval=previous, restriction=unbounded)
     assert info.run_after == created
     interval = info.data_interval
-    return {"data_interval_start": interval.start, "data_interval_end": interval.end, "logical_date": interval.start,
-            "run_after": info.run_after, "macros": macros, "dag_run": type("DagRun", (), {"conf": {}})(),
-            "var": {"value": {}}}  # fmt: skip
+    return {
+        "data_interval_start": interval.start,
+        "data_interval_end": interval.end,
+        "logical_date": interval.start,
+        "run_after": info.run_after,
+        "macros": macros,
+        "dag_run": type("DagRun", (), {"conf": {}})(),
+        "var": {"value": {}},
+    }
 
 
 def _render(task, context: dict, conf: dict | None = None) -> list[str]:
@@ -80,8 +86,14 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
     assert dag.start_date.strftime("%Y-%m-%d") == "2022-01-01" and dag.end_date is None  # conf/local.yaml airflow:
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable" and dag.timetable.expression == "0 0 1 * *"
     chain = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
-    assert chain == {"wait_for_publication": ["ingest"], "ingest": ["validate"], "validate": ["features"],
-                     "features": ["announce_new_month", "score"], "score": [], "announce_new_month": []}  # fmt: skip
+    assert chain == {
+        "wait_for_publication": ["ingest"],
+        "ingest": ["validate"],
+        "validate": ["features"],
+        "features": ["announce_new_month", "score"],
+        "score": [],
+        "announce_new_month": [],
+    }
     spark_tasks = [t for t in dag.tasks if hasattr(t, "application")]
     assert [t.task_id for t in spark_tasks] == ["ingest", "validate", "features", "score"]
     for t in spark_tasks:
@@ -94,7 +106,13 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
     assert _render(dag.get_task("wait_for_publication"), run) == ["2023-03"]
     assert _render(dag.get_task("ingest"), run) == ["ingest", "--service", "green", "--month", "2023-03"]
     assert _render(dag.get_task("score"), run) == [
-        "score", "--service", "green", "--month", "2023-03", "--skip-if-no-model"]  # fmt: skip
+        "score",
+        "--service",
+        "green",
+        "--month",
+        "2023-03",
+        "--skip-if-no-model",
+    ]
     assert _render(dag.get_task("announce_new_month"), run) == ["2023-03"]
     wait = dag.get_task("wait_for_publication")
     assert wait.retries == 2 and wait.execution_timeout == timedelta(minutes=5)  # a hung check is killed, retried
@@ -121,8 +139,7 @@ def test_the_wait_reschedules_itself_until_the_file_is_out_and_fails_for_good_on
     before = datetime.now(UTC)
     with pytest.raises(AirflowRescheduleException) as later:  # not out yet: up_for_reschedule, no slot held
         check(last_month)
-    assert before + timedelta(seconds=600) <= later.value.reschedule_date <= datetime.now(UTC) + timedelta(
-        seconds=600)  # fmt: skip
+    assert before + timedelta(seconds=600) <= later.value.reschedule_date <= datetime.now(UTC) + timedelta(seconds=600)
     with pytest.raises(AirflowFailException, match="2020-01.*green_tripdata_2020-01.parquet.*publication_timeout"):
         check("2020-01")  # the wait ran out: final (no retry), the source named
     site.mkdir()
@@ -153,7 +170,8 @@ def test_only_a_new_month_outside_a_backfill_starts_a_training():
     assert announce_skip_reason("green", "2023-03", "scheduled", ["2023-01", "2023-02"]) is None
     assert announce_skip_reason("green", "2023-01", "scheduled", []) is None  # the first month ever
     assert "not newer than the last announced month 2023-02" in announce_skip_reason(
-        "green", "2023-01", "scheduled", ["2023-01", "2023-02"])  # fmt: skip
+        "green", "2023-01", "scheduled", ["2023-01", "2023-02"]
+    )
     assert "not newer" in announce_skip_reason("green", "2023-02", "manual", ["2023-02"])  # a rerun of that month
     assert "backfill" in announce_skip_reason("green", "2024-01", "backfill", ["2023-02"])
 
@@ -171,5 +189,8 @@ def test_a_new_deployment_gets_its_spark_pool_and_monitors_an_empty_lakehouse_wi
     assert run.returncode == 0, log[-4000:]
     assert "nothing to monitor" in log
     assert airflow_task_states(env, "taxi_monitoring_green") == {
-        "monitor": "success", "retrain_needed": "success", "no_retraining": "success",
-        "trigger_retraining": "skipped"}  # fmt: skip
+        "monitor": "success",
+        "retrain_needed": "success",
+        "no_retraining": "success",
+        "trigger_retraining": "skipped",
+    }

@@ -33,7 +33,7 @@ from .conftest import (
     free_port,
     table_checksum,
     wait_until,
-)  # fmt: skip
+)
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 SCENARIO_S = 1450  # the whole scenario, so the test's own message (with the diagnosis) comes before pytest's timeout
@@ -78,8 +78,13 @@ def _standalone(tmp_path: Path, dag_id: str, **extra_env: str):
     }
     airflow_init(env)  # the metadata database and the taxi_spark pool: without the pool no Spark task is scheduled
     log = (tmp_path / "standalone.log").open("w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "standalone"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
 
         def registered() -> bool:
@@ -111,8 +116,10 @@ def _tlc_file(src: Path, dst: Path, shift_days: int = 0) -> None:
 
     table = pq.read_table(src).slice(0, LIVE_ROWS)
     for name in ("lpep_pickup_datetime", "lpep_dropoff_datetime"):
-        moved = pc.add(table[name], pa.scalar(shift_days * 86_400_000_000, pa.duration("us")).cast(
-            pa.duration(table[name].type.unit)))  # fmt: skip
+        moved = pc.add(
+            table[name],
+            pa.scalar(shift_days * 86_400_000_000, pa.duration("us")).cast(pa.duration(table[name].type.unit)),
+        )
         table = table.set_column(table.schema.get_field_index(name), name, moved)
     partial = dst.with_name(f".{dst.name}.partial")
     pq.write_table(table, partial)
@@ -134,23 +141,35 @@ def _file_server(root: Path):
 
 def _task_states(env, task_id: str) -> dict[str, str]:
     """{logical month: state} of one task across the live DAG's runs."""
-    rows = airflow_db(env, "select r.logical_date, t.state from task_instance t join dag_run r on t.dag_id = r.dag_id "
-                     "and t.run_id = r.run_id where t.dag_id = ? and t.task_id = ?", LIVE_DAG, task_id)  # fmt: skip
+    rows = airflow_db(
+        env,
+        "select r.logical_date, t.state from task_instance t join dag_run r on t.dag_id = r.dag_id "
+        "and t.run_id = r.run_id where t.dag_id = ? and t.task_id = ?",
+        LIVE_DAG,
+        task_id,
+    )
     return {str(logical)[:7]: state for logical, state in rows}
 
 
 def _announced(env) -> list[str]:
     """The months the features asset (what schedules training) was updated for, in order."""
-    rows = airflow_db(env, "select e.extra from asset_event e join asset a on e.asset_id = a.id where a.uri = ? "
-                     "order by e.id", "lakehouse://silver/features/green")  # fmt: skip
+    rows = airflow_db(
+        env,
+        "select e.extra from asset_event e join asset a on e.asset_id = a.id where a.uri = ? order by e.id",
+        "lakehouse://silver/features/green",
+    )
     return [json.loads(extra or "{}").get("month") for (extra,) in rows]
 
 
 def _task_instances(env) -> list[tuple[str, str, str, int, str]]:
     """(logical month, task, state, try number, run id) of every task instance of the live DAG."""
-    rows = airflow_db(env, "select r.logical_date, t.task_id, t.state, t.try_number, t.run_id from task_instance t "
-                     "join dag_run r on t.dag_id = r.dag_id and t.run_id = r.run_id where t.dag_id = ? order by "
-                     "r.logical_date, t.start_date", LIVE_DAG)  # fmt: skip
+    rows = airflow_db(
+        env,
+        "select r.logical_date, t.task_id, t.state, t.try_number, t.run_id from task_instance t "
+        "join dag_run r on t.dag_id = r.dag_id and t.run_id = r.run_id where t.dag_id = ? order by "
+        "r.logical_date, t.start_date",
+        LIVE_DAG,
+    )
     return [(str(logical)[:7], task, state, tries, run_id) for logical, task, state, tries, run_id in rows]
 
 
@@ -209,8 +228,13 @@ def test_live_calendar_waits_for_the_months_file_announces_it_once_and_a_backfil
             deadline = time.monotonic() + SCENARIO_S
 
             def wait(what: str, done) -> None:
-                wait_until(what, lambda: _no_failure(env) or done(), deadline - time.monotonic(), POLL_S,
-                           lambda: _diagnosis(env))  # fmt: skip
+                wait_until(
+                    what,
+                    lambda: _no_failure(env) or done(),
+                    deadline - time.monotonic(),
+                    POLL_S,
+                    lambda: _diagnosis(env),
+                )
 
             _airflow(env, "dags", "unpause", LIVE_DAG)
 
@@ -224,8 +248,7 @@ def test_live_calendar_waits_for_the_months_file_announces_it_once_and_a_backfil
 
             # The TLC publishes January: the same run goes on by itself.
             _tlc_file(shipped / "green_tripdata_2023-01.parquet", site / "green_tripdata_2023-01.parquet")
-            wait("the January run completed", lambda: sorted(_runs(env, LIVE_DAG).values()) == [
-                ("2023-01", "success")])  # fmt: skip
+            wait("the January run completed", lambda: sorted(_runs(env, LIVE_DAG).values()) == [("2023-01", "success")])
             assert _announced(env) == ["2023-01"]  # the new month once: training's trigger
             assert all(run_id.startswith("scheduled__") for run_id in _runs(env, LIVE_DAG))
             rescheduled = airflow_db(
@@ -244,8 +267,17 @@ def test_live_calendar_waits_for_the_months_file_announces_it_once_and_a_backfil
             # the month, no row or value changes, and a backfill starts no training.
             features_before = _delta_version(lake / lakehouse.FEATURES.relpath)
             january_only = ("--from-date", "2023-01-01", "--to-date", "2023-01-01")
-            created = airflow_cli(env, "backfill", "create", "--dag-id", LIVE_DAG, *january_only,
-                                  "--reprocess-behavior", "completed", check=False)  # fmt: skip
+            created = airflow_cli(
+                env,
+                "backfill",
+                "create",
+                "--dag-id",
+                LIVE_DAG,
+                *january_only,
+                "--reprocess-behavior",
+                "completed",
+                check=False,
+            )
             # One backfill, whatever the CLI said: an attempt that met sqlite's lock after its commit is retried and
             # then told that the backfill it created is running.
             backfills = airflow_db(env, "select id from backfill where dag_id = ?", LIVE_DAG)
@@ -258,8 +290,9 @@ def test_live_calendar_waits_for_the_months_file_announces_it_once_and_a_backfil
             wait("the backfill finished", backfill_finished)
             runs = _runs(env, LIVE_DAG)
             assert sorted(runs.values()) == [("2023-01", "success")], runs
-            reprocessed = airflow_db(env, "select run_type from dag_run where dag_id = ? and backfill_id is not null",
-                                     LIVE_DAG)  # fmt: skip
+            reprocessed = airflow_db(
+                env, "select run_type from dag_run where dag_id = ? and backfill_id is not null", LIVE_DAG
+            )
             assert reprocessed == [("backfill",)], reprocessed  # January's run, cleared and rerun by the backfill
             assert _delta_version(lake / lakehouse.FEATURES.relpath) > features_before  # the month was rewritten
             assert _task_states(env, "announce_new_month")["2023-01"] == "skipped"

@@ -102,6 +102,36 @@ def test_modules_stay_short():
 
 def test_scoring_and_monitoring_never_reach_training():
     """Serving a model needs what travels with it (jobs.models), not how it was trained."""
-    reach = [f"{m} -> {t}" for m, p in MODULES.items() if _area(m) in ("scoring", "monitoring")
-             for t in _imports(p) if _area(t) == "training"]  # fmt: skip
+    reach = [
+        f"{m} -> {t}"
+        for m, p in MODULES.items()
+        if _area(m) in ("scoring", "monitoring")
+        for t in _imports(p)
+        if _area(t) == "training"
+    ]
     assert not reach, reach
+
+
+def test_every_registry_write_goes_through_the_registry_module():
+    writes = ("set_registered_model_alias", "delete_registered_model_alias", "set_model_version_tag", "register_model")
+    found = [
+        f"{m}: {w}"
+        for m, p in MODULES.items()
+        if m != "jobs.models.registry"
+        for w in writes
+        if f".{w}(" in p.read_text()
+    ]
+    assert not found, found
+
+
+def test_no_function_runs_long_or_takes_many_parameters():
+    """A job's run() reads as its steps: no function over 80 lines or 8 parameters."""
+    too_long, too_wide = [], []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                if node.end_lineno - node.lineno + 1 > 80:
+                    too_long.append(f"{module}.{node.name}")
+                if len(node.args.args) + len(node.args.kwonlyargs) > 8:
+                    too_wide.append(f"{module}.{node.name}")
+    assert not too_long and not too_wide, (too_long, too_wide)

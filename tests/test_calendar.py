@@ -88,9 +88,14 @@ def test_the_branch_reads_only_this_runs_reports_that_ask_for_retraining(tmp_pat
     settings = settings_for(tmp_path / "lakehouse")
     assert weeks_asking_for_retraining(settings, "green", dt.datetime(2023, 1, 1, tzinfo=dt.UTC)) == []  # no table
     at = [dt.datetime(2023, 3, d, 6, tzinfo=dt.UTC) for d in (6, 13, 13, 13)]
-    rows = pa.table({"service": ["green", "green", "green", "yellow"], "week": ["2023-W08", "2023-W09", "2023-W10",
-                     "2023-W10"], "retrain": [True, False, True, True],
-                     "computed_at": pa.array(at, pa.timestamp("us", tz="UTC"))})  # fmt: skip
+    rows = pa.table(
+        {
+            "service": ["green", "green", "green", "yellow"],
+            "week": ["2023-W08", "2023-W09", "2023-W10", "2023-W10"],
+            "retrain": [True, False, True, True],
+            "computed_at": pa.array(at, pa.timestamp("us", tz="UTC")),
+        }
+    )
     write_deltalake(lakehouse.DRIFT.path(settings), rows, partition_by=["service"])
     since = dt.datetime(2023, 3, 13, tzinfo=dt.UTC)  # this run started on the 13th: W08's old decision is not news
     assert weeks_asking_for_retraining(settings, "green", since) == ["2023-W10"]

@@ -49,13 +49,22 @@ def cluster_month(standalone, tmp_path_factory):
     features job holds an executor on each worker: (lakehouse, the run's log)."""
     tmp = tmp_path_factory.mktemp("cluster")
     lake = tmp / "lakehouse"
-    env = {**airflow_env(tmp, lake), **MEMORY, "AIRFLOW_CONN_SPARK_DEFAULT": MASTER, "TAXI__SPARK__MASTER": MASTER,
-           "SPARK_DRIVER_MEMORY": "2g"}  # fmt: skip
+    env = {
+        **airflow_env(tmp, lake),
+        **MEMORY,
+        "AIRFLOW_CONN_SPARK_DEFAULT": MASTER,
+        "TAXI__SPARK__MASTER": MASTER,
+        "SPARK_DRIVER_MEMORY": "2g",
+    }
     airflow_init(env)
     out = tmp / "dags-test.log"
     with out.open("w") as sink:
-        run = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG, "2023-02-01"],
-                               env=env, stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+        run = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG, "2023-02-01"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 900
             # Until the features job has read its input (its first log line) with an executor on each worker: its

@@ -23,8 +23,12 @@ def _compose() -> dict:
 
 def test_dockerfiles_pass_hadolint():
     hadolint = Path(sys.executable).parent / "hadolint"
-    out = subprocess.run([str(hadolint), "--failure-threshold", "warning", "Dockerfile", "mlflow.Dockerfile"],
-                         cwd=DOCKER, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [str(hadolint), "--failure-threshold", "warning", "Dockerfile", "mlflow.Dockerfile"],
+        cwd=DOCKER,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -32,9 +36,18 @@ def test_compose_file_is_valid_against_the_compose_spec_and_has_the_stack():
     spec = {k: v for k, v in _compose().items() if not k.startswith("x-")}
     compose = PyCompose.from_json(json.dumps(spec))
     assert sorted(compose.service_names()) == [
-        "airflow-api-server", "airflow-dag-processor", "airflow-init", "airflow-scheduler", "minio", "minio-init",
-        "mlflow", "postgres", "spark-master", "spark-worker-1", "spark-worker-2",
-    ]  # fmt: skip
+        "airflow-api-server",
+        "airflow-dag-processor",
+        "airflow-init",
+        "airflow-scheduler",
+        "minio",
+        "minio-init",
+        "mlflow",
+        "postgres",
+        "spark-master",
+        "spark-worker-1",
+        "spark-worker-2",
+    ]
     services = spec["services"]
     assert services["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert "--backend-store-uri postgresql://" in " ".join(services["mlflow"]["command"].split())

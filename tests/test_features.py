@@ -55,8 +55,12 @@ def test_time_features_hour_of_week_and_holidays(spark):
     r = features.add_time_features(df, holidays).orderBy("pickup_datetime").collect()
     # Monday 10:30 -> ISO day 1, hour of week 10; Sunday 23:45:36 -> day 7, hour of week 6*24+23 = 167.
     assert (r[0].day_of_week, r[0].hour_of_week, r[0].pickup_hour, r[0].is_weekend, r[0].is_holiday) == (
-        1, 10, 10.5, 0, 0,
-    )  # fmt: skip
+        1,
+        10,
+        10.5,
+        0,
+        0,
+    )
     assert (r[1].day_of_week, r[1].hour_of_week, r[1].is_weekend) == (7, 167, 1)
     assert r[1].pickup_hour == pytest.approx(23.76)
     assert (r[2].day_of_week, r[2].is_holiday) == (2, 1)

@@ -77,8 +77,9 @@ def test_env_overrides_and_overlay_file(tmp_path):
     assert s.spark.conf["spark.sql.shuffle.partitions"] == "16"
     assert s.tracking_uri == "http://mlflow:5000"
     # Keys below a section's fields keep their case at any depth; section and field names do not care.
-    deep = load_settings(env={"TAXI__TRAIN__INTERVALS__PARAMS__numIterations": "7",
-                              "TAXI__MONITOR__COVERAGE_MIN": "0.7"})  # fmt: skip
+    deep = load_settings(
+        env={"TAXI__TRAIN__INTERVALS__PARAMS__numIterations": "7", "TAXI__MONITOR__COVERAGE_MIN": "0.7"}
+    )
     assert deep.train.intervals.params == {"numIterations": 7} and deep.monitor.coverage_min == 0.7
 
 
@@ -103,8 +104,14 @@ def test_invalid_config_names_the_key(env, fragment):
 
 def test_an_unsupported_lakehouse_scheme_is_refused_at_start_up_and_nothing_is_written(tmp_path):
     env = {**os.environ, "TAXI_LAKEHOUSE": "gs://taxi-bucket/lake"}
-    out = subprocess.run([sys.executable, "-m", "jobs.entry.cli", "ingest", "--service", "green", "--month", "2023-01"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.entry.cli", "ingest", "--service", "green", "--month", "2023-01"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "gs:// is not supported" in out.stderr, out.stderr[-2000:]
     assert list(tmp_path.iterdir()) == [] and not (ROOT / "gs:").exists()  # no folder named after the scheme
     assert load_settings(env={"TAXI_LAKEHOUSE": f"file://{tmp_path}/lake"}).lakehouse == tmp_path / "lake"
@@ -129,9 +136,12 @@ def test_object_store_lakehouse_uris_and_the_connector_settings_come_from_the_aw
     assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
     assert not any("key" in k for k in conf)  # credentials stay in the environment
     assert storage.delta_storage_options(s.lakehouse) == {
-        "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "eu-west-1",
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ALLOW_HTTP": "true",
-    }  # fmt: skip
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ALLOW_HTTP": "true",
+    }
     import pyspark
 
     hadoop = re.search(r"hadoop-client-api-([\d.]+)\.jar", " ".join(os.listdir(Path(pyspark.__file__).parent / "jars")))

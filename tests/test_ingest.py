@@ -152,9 +152,11 @@ def _bad_files(tmp_path):
         "outside-roots": ("/etc/hostname", "outside the allowed roots"),
         "wrong-month": (good, "looks like another month's file"),
         # A yellow file landed as green: refused at once, naming the columns that gave it away.
-        "wrong-service": (DATA / "yellow" / "yellow_tripdata_2019-03.parquet",
-                          "is a yellow taxi file, not green: column(s) tpep_pickup_datetime, tpep_dropoff_datetime"),
-    }  # fmt: skip
+        "wrong-service": (
+            DATA / "yellow" / "yellow_tripdata_2019-03.parquet",
+            "is a yellow taxi file, not green: column(s) tpep_pickup_datetime, tpep_dropoff_datetime",
+        ),
+    }
 
 
 @pytest.mark.parametrize(
@@ -183,9 +185,12 @@ def test_bad_input_fails_clearly_and_changes_nothing(lake, cli_lakehouse, tmp_pa
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--month", "2023-13"], "invalid month"), (["--month", "../x"], "invalid month"),
-     (["--service", "blue"], "unknown service 'blue'")],
-)  # fmt: skip
+    [
+        (["--month", "2023-13"], "invalid month"),
+        (["--month", "../x"], "invalid month"),
+        (["--service", "blue"], "unknown service 'blue'"),
+    ],
+)
 def test_bad_arguments_exit_2_with_usage(argv, message, capsys):
     args = {"--service": "green", "--month": "2023-01"}
     args.update(dict(zip(argv[::2], argv[1::2], strict=True)))
@@ -210,6 +215,9 @@ def test_every_command_and_option_is_documented_in_the_readme():
         if f"taxi {name}" not in readme:
             missing.append(f"taxi {name}")
         for action in parser._actions:
-            missing += [f"taxi {name} {o}" for o in action.option_strings if o.startswith("--") and o != "--help"
-                        and o not in readme]  # fmt: skip
+            missing += [
+                f"taxi {name} {o}"
+                for o in action.option_strings
+                if o.startswith("--") and o != "--help" and o not in readme
+            ]
     assert missing == []

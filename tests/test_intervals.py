@@ -49,8 +49,12 @@ def test_calibration_takes_the_finite_sample_quantile_of_the_conformity_scores(s
     scored = spark.createDataFrame(rows, f"{TARGET} double, {interval_model.Q_LO} double, {interval_model.Q_HI} double")
     offset, facts = intervals.calibrate(scored, 0.8)
     assert offset == pytest.approx(0.80)  # the 80th of 99 scores: ceil(0.8 * 100) = 80
-    assert facts == {"rows": 99, "level": pytest.approx(80 / 99), "raw_coverage": 0.0,
-                     "coverage": pytest.approx(80 / 99)}  # fmt: skip
+    assert facts == {
+        "rows": 99,
+        "level": pytest.approx(80 / 99),
+        "raw_coverage": 0.0,
+        "coverage": pytest.approx(80 / 99),
+    }
 
 
 @pytest.mark.integration
@@ -69,7 +73,8 @@ def test_the_80_percent_interval_covers_80_percent_of_the_next_months_trips(gold
     assert (lo >= 0).all() and (lo <= point).all() and (point <= hi).all()  # rounded to 3 decimals, all three
     known = preds[preds.in_training_range]
     inside = (known.actual_duration_min >= known.predicted_p10_min) & (
-        known.actual_duration_min <= known.predicted_p90_min)  # fmt: skip
+        known.actual_duration_min <= known.predicted_p90_min
+    )
     coverage, width = inside.mean(), (known.predicted_p90_min - known.predicted_p10_min).mean()
     assert 0.78 <= coverage <= 0.82, coverage
     assert golden.summaries["score"]["interval_coverage_in_training_range"] == pytest.approx(coverage, abs=1e-3)
@@ -82,6 +87,8 @@ def test_the_80_percent_interval_covers_80_percent_of_the_next_months_trips(gold
     q = raw.toPandas()
     y = np.log1p(q[TARGET])
     raw_coverage = ((y >= q[interval_model.Q_LO]) & (y <= q[interval_model.Q_HI])).mean()
-    print(f"2023-02, {len(known)} trips of 1-60 min: raw quantile coverage {raw_coverage:.4f}, conformal "
-          f"{coverage:.4f} (offset {interval.offset:+.4f} on log1p minutes), mean width {width:.2f} min")  # fmt: skip
+    print(
+        f"2023-02, {len(known)} trips of 1-60 min: raw quantile coverage {raw_coverage:.4f}, conformal "
+        f"{coverage:.4f} (offset {interval.offset:+.4f} on log1p minutes), mean width {width:.2f} min"
+    )
     assert raw_coverage != pytest.approx(coverage, abs=1e-4)  # the offset moved the bounds

@@ -15,8 +15,13 @@ DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 
 
 def _lineage(lake: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([taxi_bin(), "lineage", "--service", "green", *args], env=job_env(lake), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [taxi_bin(), "lineage", "--service", "green", *args],
+        env=job_env(lake),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_random_prediction_traces_back_to_its_model_features_version_validation_run_and_raw_file(golden):
@@ -33,8 +38,11 @@ def test_a_random_prediction_traces_back_to_its_model_features_version_validatio
     assert found["model"]["train_months"] == ["2022-01", "2022-02"] and found["model"]["validation_month"] == "2023-01"
     assert found["model"]["interval"]["uri"] == mv.tags["interval_uri"]  # and the month that calibrated it
     assert found["model"]["interval"]["calibration_month"] == "2023-01"
-    assert found["prediction"]["predicted_p10_min"] <= row["predicted_duration_min"] <= found["prediction"][
-        "predicted_p90_min"]  # fmt: skip
+    assert (
+        found["prediction"]["predicted_p10_min"]
+        <= row["predicted_duration_min"]
+        <= found["prediction"]["predicted_p90_min"]
+    )
     # The features row was read at the Delta version the prediction row records.
     assert found["features"]["delta_version"] == row["features_version"]
     assert found["features"]["features_run_id"]

@@ -14,7 +14,7 @@ from jobs.models import binning
 from jobs.models.binning import MISSING, OTHER, BinSpec
 from jobs.models.inputs import PREDICTION
 from jobs.monitoring import job as monitor
-from jobs.monitoring import stats
+from jobs.monitoring import stats, weeks
 from jobs.monitoring.report import bin_labels, zone_names
 from jobs.platform import lakehouse
 from jobs.scoring import job as score
@@ -122,8 +122,10 @@ def test_accuracy_rule_is_relative_to_the_reference_with_an_absolute_ceiling(set
     for coverage, expected in ((0.7499, "error"), (0.75, "ok"), (0.85, "ok"), (0.8501, "error")):
         week = stats.verdict(_judge(settings), {"rmse": 4.0, "coverage": coverage}, {"rmse": 4.0}, settings)
         assert week["verdict"] == expected, (coverage, week)
-    assert "interval coverage 0.700 outside [0.75, 0.85]" in stats.verdict(
-        _judge(settings), {"rmse": 4.0, "coverage": 0.7}, {"rmse": 4.0}, settings)["reasons"]  # fmt: skip
+    assert (
+        "interval coverage 0.700 outside [0.75, 0.85]"
+        in stats.verdict(_judge(settings), {"rmse": 4.0, "coverage": 0.7}, {"rmse": 4.0}, settings)["reasons"]
+    )
 
 
 @pytest.mark.unit
@@ -160,7 +162,11 @@ def test_every_complete_week_of_the_next_month_is_ok_against_the_out_of_sample_r
     for week in GOLDEN_WEEKS:
         summary = golden.summaries[f"monitor {week}"]
         assert (summary["week"], summary["verdict"], summary["retrain"], summary["drifted_features"]) == (
-            week, "ok", False, [])  # fmt: skip
+            week,
+            "ok",
+            False,
+            [],
+        )
         assert summary["reference"]["month"] == "2023-01" and summary["model_version"] == int(champion.version)
         assert summary["reference_performance"]["rmse"] == pytest.approx(val_rmse, abs=0.01)
         assert summary["reference_performance"]["rmse"] > 3.5
@@ -198,12 +204,14 @@ def _distort(spark, settings):
 
     day = F.dayofmonth("pickup_datetime")
     feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "green", "2023-02")
-    longer = feats.withColumn("trip_distance", F.when(day.between(6, 19), F.col("trip_distance") * 1.5)
-                              .otherwise(F.col("trip_distance"))).localCheckpoint()  # fmt: skip
+    longer = feats.withColumn(
+        "trip_distance", F.when(day.between(6, 19), F.col("trip_distance") * 1.5).otherwise(F.col("trip_distance"))
+    ).localCheckpoint()
     lakehouse.replace_partition(longer, settings, lakehouse.FEATURES, "test-distort", "green", "2023-02")
     preds = lakehouse.read_partition(spark, settings, lakehouse.PREDICTIONS, "green", "2023-02")
-    inflated = preds.withColumn(PREDICTION, F.when(day.between(20, 26), F.col(PREDICTION) * 1.3)
-                                .otherwise(F.col(PREDICTION))).localCheckpoint()  # fmt: skip
+    inflated = preds.withColumn(
+        PREDICTION, F.when(day.between(20, 26), F.col(PREDICTION) * 1.3).otherwise(F.col(PREDICTION))
+    ).localCheckpoint()
     lakehouse.replace_partition(inflated, settings, lakehouse.PREDICTIONS, "test-inflate", "green", "2023-02")
 
 
@@ -216,16 +224,22 @@ def test_distorted_weeks_drift_then_retrain_and_inflated_predictions_are_an_erro
     assert second["verdict"] == "drift" and second["retrain"]
     assert second["retrain_reason"] == "drift in 2 of the last 3 weeks"
     assert third["verdict"] == "error" and third["retrain"] and third["retrain_reason"] == "accuracy breach"
-    assert third["performance"]["rmse"] > third["rmse_limit"] == pytest.approx(
-        1.25 * third["reference_performance"]["rmse"])  # fmt: skip
+    assert (
+        third["performance"]["rmse"]
+        > third["rmse_limit"]
+        == pytest.approx(1.25 * third["reference_performance"]["rmse"])
+    )
 
 
 def test_monitoring_reads_no_training_window_rows_and_in_sample_weeks_get_no_verdict(spark, lake, golden):
     # A week of 2023-01, the month the champion was validated and then refit on: reported, not judged.
     score.run(spark, lake, "green", "2023-01")
     inside = monitor.run(spark, lake, "green", "2023-W02")
-    assert inside["verdict"] == "in_sample" and not inside["retrain"] and inside["reference"]["trained_through"] == (
-        "2023-01")  # fmt: skip
+    assert (
+        inside["verdict"] == "in_sample"
+        and not inside["retrain"]
+        and inside["reference"]["trained_through"] == ("2023-01")
+    )
     # Delete every training-window month from the features: the week's report does not change.
     for month in ("2022-01", "2022-02", "2023-01"):
         spark.sql(f"DELETE FROM delta.`{lakehouse.FEATURES.path(lake)}` WHERE service = 'green' AND month = '{month}'")
@@ -257,15 +271,16 @@ def test_report_renders_in_chromium_without_network(golden):
 
 @pytest.mark.unit
 def test_complete_weeks_need_every_day_scored():
-    assert monitor.complete_weeks(["2023-02"]) == ["2023-W06", "2023-W07", "2023-W08"]  # W05 and W09 span two months
-    assert "2023-W05" in monitor.complete_weeks(["2023-01", "2023-02"])  # Jan 30 - Feb 5: both months scored
-    assert monitor.complete_weeks(["2022-12", "2023-01"])[:2] == ["2022-W49", "2022-W50"]  # Dec 1 is a Thursday
-    assert "2022-W52" in monitor.complete_weeks(["2022-12", "2023-01"])  # Dec 26 - Jan 1
-    assert monitor.complete_weeks([]) == []
+    assert weeks.complete_weeks(["2023-02"]) == ["2023-W06", "2023-W07", "2023-W08"]  # W05 and W09 span two months
+    assert "2023-W05" in weeks.complete_weeks(["2023-01", "2023-02"])  # Jan 30 - Feb 5: both months scored
+    assert weeks.complete_weeks(["2022-12", "2023-01"])[:2] == ["2022-W49", "2022-W50"]  # Dec 1 is a Thursday
+    assert "2022-W52" in weeks.complete_weeks(["2022-12", "2023-01"])  # Dec 26 - Jan 1
+    assert weeks.complete_weeks([]) == []
 
 
-def test_pending_reports_exactly_the_missing_complete_weeks_and_a_rerun_adds_nothing(spark, lake, cli_lakehouse,
-                                                                                    capsys):  # fmt: skip
+def test_pending_reports_exactly_the_missing_complete_weeks_and_a_rerun_adds_nothing(
+    spark, lake, cli_lakehouse, capsys
+):
     from jobs.entry.cli import main
 
     spark.sql(f"DELETE FROM delta.`{lakehouse.DRIFT.path(lake)}` WHERE week IN ('2023-W07', '2023-W08')")

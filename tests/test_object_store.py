@@ -30,7 +30,7 @@ from .conftest import (
     table_checksum,
     taxi_bin,
     wait_until,
-)  # fmt: skip
+)
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 BUCKET = "taxi-lake"
@@ -67,21 +67,50 @@ def object_store(tmp_path_factory):
     s3_port, mlflow_port = free_port(), free_port()
     aws = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    servers = [_serve([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-                      s3_port, tmp / "moto.log", base)]  # fmt: skip
+    servers = [
+        _serve(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+            s3_port,
+            tmp / "moto.log",
+            base,
+        )
+    ]
     try:
-        client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                              aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        client = boto3.client(
+            "s3",
+            endpoint_url=aws["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        )
         client.create_bucket(Bucket=BUCKET)
-        servers.append(_serve(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination",
-             f"s3://{BUCKET}/mlflow", "--workers", "1"],
-            mlflow_port, tmp / "mlflow.log", {**base, **aws, "MLFLOW_S3_ENDPOINT_URL": aws["AWS_ENDPOINT_URL"]},
-        ))  # fmt: skip
-        env = {**job_env(Path("unused")), **aws, "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/lake",
-               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}  # fmt: skip
+        servers.append(
+            _serve(
+                [
+                    str(Path(sys.executable).parent / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--backend-store-uri",
+                    f"sqlite:///{tmp / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    f"s3://{BUCKET}/mlflow",
+                    "--workers",
+                    "1",
+                ],
+                mlflow_port,
+                tmp / "mlflow.log",
+                {**base, **aws, "MLFLOW_S3_ENDPOINT_URL": aws["AWS_ENDPOINT_URL"]},
+            )
+        )
+        env = {
+            **job_env(Path("unused")),
+            **aws,
+            "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/lake",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        }
         with pytest.MonkeyPatch.context() as mp:  # this process reads the bucket too (delta-rs, the layer's checks)
             for key, value in aws.items():
                 mp.setenv(key, value)
@@ -128,8 +157,13 @@ def _seed(golden, client, tmp_path: Path) -> None:
     from deltalake import DeltaTable
 
     local = copy_lakehouse(golden.settings, tmp_path / "seed").lakehouse
-    for table in (lakehouse.BRONZE, lakehouse.TRIPS, lakehouse.QUARANTINE, lakehouse.FEATURES,
-                  lakehouse.VALIDATION_RUNS):  # fmt: skip
+    for table in (
+        lakehouse.BRONZE,
+        lakehouse.TRIPS,
+        lakehouse.QUARANTINE,
+        lakehouse.FEATURES,
+        lakehouse.VALIDATION_RUNS,
+    ):
         DeltaTable(str(local / table.relpath)).delete(f"service = 'green' AND month = '{NEW_MONTH}'")
     for later in ("mlflow", "gold", "monitoring/drift", "reports", f"raw/green/{NEW_MONTH}"):
         shutil.rmtree(local / later)
@@ -155,9 +189,14 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     store = {k: env[k] for k in ("TAXI_LAKEHOUSE", "MLFLOW_TRACKING_URI")}
     # One driver for the whole sequence, training included: long-lived like this process's session, so it keeps the
     # optimising JIT (an empty value clears the tests' one-job driver options).
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=1500,
-                         env={**env, "TAXI_TEST_OBJECT_STORE": json.dumps(store),
-                              "TAXI__SPARK__DRIVER_JAVA_OPTIONS": ""})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**env, "TAXI_TEST_OBJECT_STORE": json.dumps(store), "TAXI__SPARK__DRIVER_JAVA_OPTIONS": ""},
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     summaries = json.loads(out.stdout.strip().splitlines()[-1])
     s3 = _object_store_settings(env)
@@ -174,18 +213,24 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     assert summaries["train"]["candidates"] == golden.summaries["train"]["candidates"]  # same RMSEs, 4 decimals
     assert summaries["train"]["bakeoff"].startswith(f"s3a://{BUCKET}/lake/reports/bakeoff/green/")
     assert _checksum(s3, lakehouse.PREDICTIONS, "green", "2023-02") == table_checksum(
-        lakehouse.PREDICTIONS.path(local), "green", "2023-02")  # fmt: skip
+        lakehouse.PREDICTIONS.path(local), "green", "2023-02"
+    )
     assert summaries["monitor"]["verdict"] == golden.summaries["monitor"]["verdict"]
 
     # BI tools over the bucket: the SQL endpoint's views read the object-store tables.
     port, sql_env = free_port(), {**env, "TAXI__SPARK__MASTER": "local[1]"}
     sql_server = [taxi_bin(), "sql-server"]
-    started = subprocess.run([*sql_server, "start", "--port", str(port)], env=sql_env, capture_output=True, text=True,
-                             timeout=400)  # fmt: skip
+    started = subprocess.run(
+        [*sql_server, "start", "--port", str(port)], env=sql_env, capture_output=True, text=True, timeout=400
+    )
     assert started.returncode == 0, started.stderr[-3000:]
     try:
-        out = beeline(port, "SELECT month, count(*) AS n, round(avg(predicted_duration_min), 6) AS mean "
-                            "FROM taxi.predictions WHERE month = '2023-02' GROUP BY month;\n", tmp_path)  # fmt: skip
+        out = beeline(
+            port,
+            "SELECT month, count(*) AS n, round(avg(predicted_duration_min), 6) AS mean "
+            "FROM taxi.predictions WHERE month = '2023-02' GROUP BY month;\n",
+            tmp_path,
+        )
     finally:
         subprocess.run([*sql_server, "stop", "--port", str(port)], env=sql_env, capture_output=True, timeout=120)
     local_preds = partition_rows(local, lakehouse.PREDICTIONS, "green", "2023-02", ["predicted_duration_min"])
@@ -196,10 +241,16 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     assert float(mean) == pytest.approx(local_preds["predicted_duration_min"].mean(), abs=1e-5)
 
     keys = _keys(client, "lake/")
-    for prefix in ("lake/raw/green/2023-02/green_tripdata_2023-02.parquet", "lake/raw/green/2023-02/_accepted/",
-                   "lake/gold/predictions/_delta_log/", "lake/monitoring/drift/_delta_log/",
-                   "lake/reports/validation/index.html", "lake/reports/validation/gx/uncommitted/data_docs/local_site/",
-                   "lake/reports/drift/green/2023-W06.html", "lake/reports/bakeoff/green/"):  # fmt: skip
+    for prefix in (
+        "lake/raw/green/2023-02/green_tripdata_2023-02.parquet",
+        "lake/raw/green/2023-02/_accepted/",
+        "lake/gold/predictions/_delta_log/",
+        "lake/monitoring/drift/_delta_log/",
+        "lake/reports/validation/index.html",
+        "lake/reports/validation/gx/uncommitted/data_docs/local_site/",
+        "lake/reports/drift/green/2023-W06.html",
+        "lake/reports/bakeoff/green/",
+    ):
         assert any(k.startswith(prefix) for k in keys), f"nothing at s3://{BUCKET}/{prefix}"
     assert not any("/_staging/" in k for k in keys)  # every staged file was landed or discarded
     assert summaries["validate 2023-02"]["data_docs"].startswith(f"s3a://{BUCKET}/lake/reports/validation/")
@@ -212,21 +263,37 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
 
 def test_a_killed_ingest_on_object_storage_leaves_the_table_at_its_previous_version(object_store, tmp_path):
     env, client = object_store
-    env = {**env, "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/killed", "TAXI__SPARK__MASTER": "local[1]",
-           # Many data files one after another: the kill lands after the first is visible and long before the commit.
-           "TAXI__SPARK__CONF__spark.sql.files.maxRecordsPerFile": "20000"}  # fmt: skip
+    env = {
+        **env,
+        "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/killed",
+        "TAXI__SPARK__MASTER": "local[1]",
+        # Many data files one after another: the kill lands after the first is visible and long before the commit.
+        "TAXI__SPARK__CONF__spark.sql.files.maxRecordsPerFile": "20000",
+    }
     s3 = _object_store_settings(env)
-    first = subprocess.run([taxi_bin(), "ingest", "--service", "green", "--month", "2023-01"], env=env,
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    first = subprocess.run(
+        [taxi_bin(), "ingest", "--service", "green", "--month", "2023-01"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    version, rows = storage.delta_table(lakehouse.BRONZE.location(s3)).version(), json.loads(
-        first.stdout.strip().splitlines()[-1])["rows"]  # fmt: skip
+    version, rows = (
+        storage.delta_table(lakehouse.BRONZE.location(s3)).version(),
+        json.loads(first.stdout.strip().splitlines()[-1])["rows"],
+    )
     big = tmp_path / "yellow_tripdata_2024-06.parquet"
-    subprocess.run([taxi_bin(), "synth", "--service", "yellow", "--month", "2024-06", "--rows", str(KILL_ROWS),
-                    "--out", str(big)], check=True, capture_output=True, env=env)  # fmt: skip
+    subprocess.run(
+        [taxi_bin(), "synth", "--service", "yellow", "--month", "2024-06", "--rows", str(KILL_ROWS), "--out", str(big)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     ingest = [taxi_bin(), "ingest", "--service", "yellow", "--month", "2024-06", "--source", str(big)]
-    proc = subprocess.Popen(ingest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ingest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     part = "killed/bronze/trips/service=yellow/month=2024-06/"
     deadline = time.monotonic() + 300
     while not _keys(client, part):  # the first data file is in the bucket: the write is under way

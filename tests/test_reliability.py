@@ -140,15 +140,21 @@ def test_a_job_killed_mid_write_leaves_the_table_at_its_previous_version(lake, t
     """SIGKILL while the month's data files are being written: no commit, the table reads as before."""
     settings = lake
     big = tmp_path / "yellow_tripdata_2024-06.parquet"
-    subprocess.run([taxi_bin(), "synth", "--service", "yellow", "--month", "2024-06",
-                    "--rows", str(KILL_ROWS), "--out", str(big)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [taxi_bin(), "synth", "--service", "yellow", "--month", "2024-06", "--rows", str(KILL_ROWS), "--out", str(big)],
+        check=True,
+        capture_output=True,
+    )
     before = DeltaTable(lakehouse.BRONZE.path(settings))
     version, rows = before.version(), len(before.to_pandas(columns=["month"]))
     part = Path(lakehouse.BRONZE.path(settings)) / "service=yellow" / "month=2024-06"
     proc = subprocess.Popen(
         [taxi_bin(), "ingest", "--service", "yellow", "--month", "2024-06", "--source", str(big)],
-        env=_taxi_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        env=_taxi_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (part.exists() and any(part.glob("*.parquet"))):  # the write has started
         assert proc.poll() is None, "ingest ended before it could be killed"
@@ -161,8 +167,11 @@ def test_a_job_killed_mid_write_leaves_the_table_at_its_previous_version(lake, t
     assert not (settings.raw_dir / "yellow" / "2024-06").exists()  # the landing was never committed either
     rerun = subprocess.run(
         [taxi_bin(), "ingest", "--service", "yellow", "--month", "2024-06", "--source", str(big)],
-        env=_taxi_env(settings), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        env=_taxi_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert table_checksum(lakehouse.BRONZE.path(settings), "yellow", "2024-06")[0] == KILL_ROWS
 
@@ -170,8 +179,10 @@ def test_a_job_killed_mid_write_leaves_the_table_at_its_previous_version(lake, t
 @pytest.mark.slow
 def test_two_scoring_processes_on_the_same_month_both_succeed_with_one_copy_of_each_row(lake):
     cmd = [taxi_bin(), "score", "--service", "green", "--month", "2023-02"]
-    procs = [subprocess.Popen(cmd, env=_taxi_env(lake), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, env=_taxi_env(lake), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=900) for p in procs]
     # Optimistic concurrency: whichever loses the commit race retries its replaceWhere; both end in success.
     assert [p.returncode for p in procs] == [0, 0], [r[1][-1500:] for r in results]
@@ -238,7 +249,7 @@ def test_two_writers_of_one_partition_conflict_and_the_loser_retries(spark, empt
     a = threading.Thread(
         target=lambda: result.setdefault(
             "a", lakehouse.replace_partition(a_df, empty_lake, table, "run-a", "green", "2023-02")
-        )  # fmt: skip
+        )
     )
     a.start()
     wait_until("writer A inside its write", a_started.exists, timeout_s=120, interval_s=0.1)

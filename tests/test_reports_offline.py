@@ -38,7 +38,8 @@ def test_a_page_is_pointed_at_the_local_copies_and_an_unknown_cdn_link_is_an_err
     page.write_text(
         '<script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" integrity="sha384-x" '
         'crossorigin="anonymous"></script><link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/vega@5">'
-        '<a href="https://greatexpectations.io">a link a reader clicks stays</a>')  # fmt: skip
+        '<a href="https://greatexpectations.io">a link a reader clicks stays</a>'
+    )
     assert offline.make_offline(site) == 2 and offline.make_offline(site) == 0  # idempotent
     text = page.read_text()
     assert '<script src="../../../static/vendor/bootstrap@4.3.1/dist/js/bootstrap.min.js"></script>' in text
@@ -54,11 +55,19 @@ def test_a_page_is_pointed_at_the_local_copies_and_an_unknown_cdn_link_is_an_err
 def _run(service, month, started, verdict="passed", failures=None, total=1000):
     failures = failures or {}
     failing = sum(failures.values())
-    return {"run_id": f"r-{service}-{month}-{started}", "service": service, "month": month, "started_at": started,
-            "verdict": verdict, "reason": None if verdict == "passed" else "columns_present: missing fare_amount",
-            "rows_total": total, "rows_valid": total - failing if verdict == "passed" else 0,
-            "rows_quarantined": failing if verdict == "passed" else 0, "failed_share": failing / total,
-            "rule_failures": failures}  # fmt: skip
+    return {
+        "run_id": f"r-{service}-{month}-{started}",
+        "service": service,
+        "month": month,
+        "started_at": started,
+        "verdict": verdict,
+        "reason": None if verdict == "passed" else "columns_present: missing fare_amount",
+        "rows_total": total,
+        "rows_valid": total - failing if verdict == "passed" else 0,
+        "rows_quarantined": failing if verdict == "passed" else 0,
+        "failed_share": failing / total,
+        "rule_failures": failures,
+    }
 
 
 def test_the_overview_puts_months_side_by_side_with_rule_changes_and_links(tmp_path):
@@ -72,7 +81,10 @@ def test_the_overview_puts_months_side_by_side_with_rule_changes_and_links(tmp_p
     ]
     rows = validation_overview.latest_runs(runs)
     assert [(r["service"], r["month"], r["started_at"]) for r in rows] == [
-        ("green", "2023-01", 1), ("green", "2023-02", 3), ("yellow", "2019-03", 1)]  # fmt: skip
+        ("green", "2023-01", 1),
+        ("green", "2023-02", 3),
+        ("yellow", "2019-03", 1),
+    ]
     changes = validation_overview.rule_changes(rows)
     assert changes[("green", "2023-02")] == {"duration_max": (9, 4), "pickup_in_month": (0, -2)}
     assert changes[("green", "2023-01")]["duration_max"] == (5, None)  # no previous month
@@ -108,6 +120,8 @@ def test_every_report_renders_offline_in_chromium(golden, tmp_path):
     assert bakeoff["tables"] >= 4 and "baseline-zone-pair-median" in bakeoff["text"], bakeoff
     for probe in (index, result, overview, drift, bakeoff):
         assert probe["remote"] == [], probe["remote"]
-    leftovers = {str(p): offline.remote_loads(p.read_text(errors="ignore"))
-                 for p in [*reports.rglob("*.html"), *reports.rglob("*.css")]}  # fmt: skip
+    leftovers = {
+        str(p): offline.remote_loads(p.read_text(errors="ignore"))
+        for p in [*reports.rglob("*.html"), *reports.rglob("*.css")]
+    }
     assert {p: r for p, r in leftovers.items() if r} == {}

@@ -45,11 +45,14 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
             with socket.socket() as probe:  # bound to loopback only: not reachable on the machine's own address
                 probe.settimeout(2)
                 assert probe.connect_ex((outward, port)) != 0, outward
-        out = beeline(port, "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
-                       "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n"
-                       "SELECT 'lineage' AS tag, count(*), min(source_checksum), max(source_checksum), "
-                       "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n",
-                       tmp_path)  # fmt: skip
+        out = beeline(
+            port,
+            "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
+            "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n"
+            "SELECT 'lineage' AS tag, count(*), min(source_checksum), max(source_checksum), "
+            "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n",
+            tmp_path,
+        )
     finally:
         stopped = _taxi(env, "sql-server", "stop", "--port", str(port))
     assert stopped["stopped"]

@@ -14,6 +14,7 @@ from jobs.models.prediction import predict_minutes
 from jobs.models.registry import load_registered
 from jobs.platform import lakehouse
 from jobs.platform.tracking import setup_mlflow
+from jobs.training import candidates
 from jobs.training import job as train
 
 from .conftest import GOLDEN_WEEK, partition_rows, production, table_version
@@ -63,8 +64,13 @@ def test_golden_training_window_split_and_candidates(golden):
     assert summary["promoted"] and summary["gate_reason"] == "first model"
     assert summary["train_months"] == ["2022-01", "2022-02"] and summary["valid_month"] == "2023-01"
     cands = summary["candidates"]
-    assert set(cands) == {"baseline-zone-pair-median", "baseline-linear-pu-do-distance", "xgboost-scratch",
-                          "lightgbm-scratch", "ensemble-mean"}  # fmt: skip
+    assert set(cands) == {
+        "baseline-zone-pair-median",
+        "baseline-linear-pu-do-distance",
+        "xgboost-scratch",
+        "lightgbm-scratch",
+        "ensemble-mean",
+    }
     # Even 60 rounds beat both baselines clearly on the validation month.
     assert max(cands["xgboost-scratch"], cands["lightgbm-scratch"]) < cands["baseline-linear-pu-do-distance"] - 1
     models = ("xgboost-scratch", "lightgbm-scratch", "ensemble-mean")
@@ -103,8 +109,9 @@ def test_the_ensemble_is_the_mean_of_each_learners_best_booster_on_the_log_scale
     assert rmse < max(summary["candidates"]["xgboost-scratch"], summary["candidates"]["lightgbm-scratch"])
     pyfunc = mlflow.pyfunc.load_model(uris["ensemble-mean"])
     assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
-    np.testing.assert_allclose(pyfunc.predict(pdf[MODEL_FEATURES].astype("float64").head(500)), mean_log[:500],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        pyfunc.predict(pdf[MODEL_FEATURES].astype("float64").head(500)), mean_log[:500], rtol=1e-5
+    )
 
 
 @pytest.mark.unit
@@ -130,7 +137,7 @@ def test_only_a_booster_champion_is_warm_started(settings):
     s.train.warm_start, s.train.learners = True, ["xgboost"]
     ensemble = NativeModel.ensemble([NativeModel("xgboost", b""), NativeModel("lightgbm", "")])
     for champion in (ensemble, NativeModel("keras", b"")):
-        plans = train.candidate_plans(s, None, "rows", champion, None, log=JobLog("train", "green", "2023-01"))
+        plans = candidates.candidate_plans(s, None, "rows", champion, None, log=JobLog("train", "green", "2023-01"))
         assert [p[0] for p in plans] == ["xgboost-scratch"]
 
 
@@ -250,7 +257,10 @@ def test_registered_version_carries_its_facts_and_the_gate_report(golden):
     client = golden.client()
     mv = client.get_model_version_by_alias(s.registered_model("green"), "champion")
     assert (mv.tags["train_months"], mv.tags["valid_month"], mv.tags["trained_through"]) == (
-        "2022-01,2022-02", "2023-01", "2023-01")  # fmt: skip
+        "2022-01,2022-02",
+        "2023-01",
+        "2023-01",
+    )
     assert mv.tags["features_version"] == str(summary["features_version"])
     assert float(mv.tags["val_rmse"]) == pytest.approx(summary["best_rmse"], abs=1e-4)  # pre-refit, out-of-sample
     assert {"val_mae", "val_rmsle", "val_bias", "val_rmse_pu_borough_Manhattan"} <= set(mv.tags)
@@ -336,11 +346,15 @@ def test_promotion_after_shadow_needs_each_of_the_latest_weeks_won_by_that_versi
     from jobs.monitoring.shadow_compare import weeks_won
 
     def week(w, version, wins):
-        return [(w, "shadow_challenger_version", float(version)), (w, "shadow_challenger_wins", float(wins)),
-                (w, "shadow_challenger_rmse", 4.0)]  # fmt: skip
+        return [
+            (w, "shadow_challenger_version", float(version)),
+            (w, "shadow_challenger_wins", float(wins)),
+            (w, "shadow_challenger_rmse", 4.0),
+        ]
 
-    rows = pd.DataFrame(week("2023-W05", 3, 0) + week("2023-W06", 4, 1) + week("2023-W07", 4, 1),
-                        columns=["week", "metric", "value"])  # fmt: skip
+    rows = pd.DataFrame(
+        week("2023-W05", 3, 0) + week("2023-W06", 4, 1) + week("2023-W07", 4, 1), columns=["week", "metric", "value"]
+    )
     assert weeks_won(rows, 4, 2) == (True, "v4 won in shadow in each of the latest 2 weeks (2023-W06, 2023-W07)")
     enough, why = weeks_won(rows, 4, 3)
     assert not enough and "2023-W05: v3 lost, 2023-W06: v4 won, 2023-W07: v4 won" in why
@@ -367,12 +381,29 @@ def test_scoring_wrote_one_row_per_validated_trip_with_the_champion_version(gold
     assert set(pdf["model_version"]) == {int(champion.version)} == {summary["model_version"]}
     assert set(pdf["features_version"]) == {summary["features_version"]}
     expected = {
-        "trip_id", "pickup_datetime", "pickup_hour", "PULocationID", "DOLocationID", "pickup_zone", "dropoff_zone",
-        "pickup_borough", "dropoff_borough", "trip_distance", "predicted_duration_min", "predicted_p10_min",
-        "predicted_p90_min", "actual_duration_min",
-        "in_training_range", "model_name", "model_version", "features_version", "scored_at", "scoring_run_id",
-        "service", "month",
-    }  # fmt: skip
+        "trip_id",
+        "pickup_datetime",
+        "pickup_hour",
+        "PULocationID",
+        "DOLocationID",
+        "pickup_zone",
+        "dropoff_zone",
+        "pickup_borough",
+        "dropoff_borough",
+        "trip_distance",
+        "predicted_duration_min",
+        "predicted_p10_min",
+        "predicted_p90_min",
+        "actual_duration_min",
+        "in_training_range",
+        "model_name",
+        "model_version",
+        "features_version",
+        "scored_at",
+        "scoring_run_id",
+        "service",
+        "month",
+    }
     assert set(pdf.columns) == expected
     assert pdf["predicted_duration_min"].between(0, 300).all()
     # The metrics observed during the write equal a recount of the written rows.

@@ -55,8 +55,14 @@ def test_the_rounds_kept_are_those_up_to_the_best_score_on_the_tuning_month():
     x = rng.normal(size=(400, 3))
     y = x[:, 0] + rng.normal(scale=2.0, size=400)  # noisy: the held-out score stops improving early
     train_set, valid_set = xgb.DMatrix(x[:300], y[:300]), xgb.DMatrix(x[300:], y[300:])
-    booster = xgb.train({"eta": 0.5, "max_depth": 6}, train_set, 200, evals=[(valid_set, "v")],
-                        early_stopping_rounds=5, verbose_eval=False)  # fmt: skip
+    booster = xgb.train(
+        {"eta": 0.5, "max_depth": 6},
+        train_set,
+        200,
+        evals=[(valid_set, "v")],
+        early_stopping_rounds=5,
+        verbose_eval=False,
+    )
     best = int(booster.attributes()["best_iteration"])
     assert booster.num_boosted_rounds() == best + 1 + 5  # xgboost keeps the patience rounds after the best
     assert tuning.best_rounds(booster, "xgboost", 200, 5) == best + 1
@@ -71,13 +77,31 @@ def test_the_rounds_kept_are_those_up_to_the_best_score_on_the_tuning_month():
 
 
 def _row(name, rmse, chosen=False, model=True):
-    metrics = {"rmse": rmse, "mae": rmse / 2, "rmsle": 0.3, "bias": -0.5, "n": 1000.0,
-               "rmse_pu_borough_Queens": rmse + 1, "n_pu_borough_Queens": 300.0,
-               "rmse_hour_band_night": rmse + 0.5, "rmse_hour_band_midday": rmse - 0.2,
-               "rmse_distance_band_10mi_plus": rmse * 2, "rmse_distance_band_0-1mi": rmse / 3}  # fmt: skip
-    return {"name": name, "learner": "x", "warm_start": False, "chosen": chosen, "metrics": metrics,
-            "fit_seconds": 3.0, "predict_rows_per_s": 1e5 if model else None, "model_bytes": 2048 if model else None,
-            "params": {}, **({"interval": {"coverage": 0.8, "raw_coverage": 0.79}} if chosen else {})}  # fmt: skip
+    metrics = {
+        "rmse": rmse,
+        "mae": rmse / 2,
+        "rmsle": 0.3,
+        "bias": -0.5,
+        "n": 1000.0,
+        "rmse_pu_borough_Queens": rmse + 1,
+        "n_pu_borough_Queens": 300.0,
+        "rmse_hour_band_night": rmse + 0.5,
+        "rmse_hour_band_midday": rmse - 0.2,
+        "rmse_distance_band_10mi_plus": rmse * 2,
+        "rmse_distance_band_0-1mi": rmse / 3,
+    }
+    return {
+        "name": name,
+        "learner": "x",
+        "warm_start": False,
+        "chosen": chosen,
+        "metrics": metrics,
+        "fit_seconds": 3.0,
+        "predict_rows_per_s": 1e5 if model else None,
+        "model_bytes": 2048 if model else None,
+        "params": {},
+        **({"interval": {"coverage": 0.8, "raw_coverage": 0.79}} if chosen else {}),
+    }
 
 
 @pytest.mark.unit
@@ -85,16 +109,47 @@ def test_the_bakeoff_page_ranks_candidates_states_its_months_and_loads_nothing()
     from jobs.platform.reports import offline
 
     report = {
-        "service": "green", "run_id": "abc", "valid_month": "2023-01", "train_months": ["2022-01", "2022-02"],
-        "tuning_month": "2022-02", "registered_version": 3, "gate_reason": "first model",
-        "rows": [_row("baseline-zone-pair-median", 6.5, model=False), _row("lightgbm-tuned", 4.2, chosen=True),
-                 _row("xgboost-scratch", 4.4)],
-        "tuning": [{"learner": "lightgbm", "tuning_month": "2022-02", "tuning_rmse": 4.7, "params": {},
-                    "trials": [{"trial": 0, "rmse": 4.7, "rounds": 60, "workers": 1, "start": 10.0, "end": 20.0,
-                                "params": {"numLeaves": 71}},
-                               {"trial": 1, "rmse": 4.9, "rounds": 41, "workers": 1, "start": 10.5, "end": 18.0,
-                                "params": {"numLeaves": 19}}]}],
-    }  # fmt: skip
+        "service": "green",
+        "run_id": "abc",
+        "valid_month": "2023-01",
+        "train_months": ["2022-01", "2022-02"],
+        "tuning_month": "2022-02",
+        "registered_version": 3,
+        "gate_reason": "first model",
+        "rows": [
+            _row("baseline-zone-pair-median", 6.5, model=False),
+            _row("lightgbm-tuned", 4.2, chosen=True),
+            _row("xgboost-scratch", 4.4),
+        ],
+        "tuning": [
+            {
+                "learner": "lightgbm",
+                "tuning_month": "2022-02",
+                "tuning_rmse": 4.7,
+                "params": {},
+                "trials": [
+                    {
+                        "trial": 0,
+                        "rmse": 4.7,
+                        "rounds": 60,
+                        "workers": 1,
+                        "start": 10.0,
+                        "end": 20.0,
+                        "params": {"numLeaves": 71},
+                    },
+                    {
+                        "trial": 1,
+                        "rmse": 4.9,
+                        "rounds": 41,
+                        "workers": 1,
+                        "start": 10.5,
+                        "end": 18.0,
+                        "params": {"numLeaves": 19},
+                    },
+                ],
+            }
+        ],
+    }
     page = bakeoff.render(report)
     overall = page[page.index('<table id="overall">') : page.index("</table>", page.index('<table id="overall">'))]
     order = [overall.index(n) for n in ("lightgbm-tuned", "xgboost-scratch", "baseline-zone-pair-median")]
@@ -116,18 +171,34 @@ def test_the_bakeoff_page_ranks_candidates_states_its_months_and_loads_nothing()
 def test_the_bakeoff_says_how_the_network_and_the_ensemble_were_trained():
     from jobs.training.selection import Candidate
 
-    net = Candidate("deep-scratch", "deep", {"rmse": 4.5}, 30.0, "r1", fit_info={"sample_rows": 20000,
-                    "window_rows": 125364, "epochs_run": 9, "best_epoch": 6})  # fmt: skip
+    net = Candidate(
+        "deep-scratch",
+        "deep",
+        {"rmse": 4.5},
+        30.0,
+        "r1",
+        fit_info={"sample_rows": 20000, "window_rows": 125364, "epochs_run": 9, "best_epoch": 6},
+    )
     xgb = Candidate("xgboost-scratch", "xgboost", {"rmse": 4.4}, 12.0, "r2", train_tasks=2)
     lgb = Candidate("lightgbm-warm-start", "lightgbm", {"rmse": 4.3}, 3.0, "r3", train_tasks=2, warm_start=True)
     ens = Candidate("ensemble-mean", "ensemble", {"rmse": 4.2}, 15.0, "r4", members=[xgb, lgb])
     assert bakeoff.trained_how(net) == "driver, 20,000 of 125,364 rows, 9 epochs (best 6)"
     assert bakeoff.trained_how(lgb) == "Spark, 2 barrier tasks, continues the champion"
     assert bakeoff.trained_how(ens) == "mean on the log scale of xgboost-scratch + lightgbm-warm-start"
-    rows = [{**_row(c.name, c.rmse, chosen=c is ens), "learner": c.learner, "trained": bakeoff.trained_how(c)}
-            for c in (net, xgb, lgb, ens)]  # fmt: skip
-    page = bakeoff.render({"service": "green", "run_id": "abc", "valid_month": "2023-01", "rows": rows,
-                           "train_months": ["2022-01", "2022-02"], "tuning_month": None})  # fmt: skip
+    rows = [
+        {**_row(c.name, c.rmse, chosen=c is ens), "learner": c.learner, "trained": bakeoff.trained_how(c)}
+        for c in (net, xgb, lgb, ens)
+    ]
+    page = bakeoff.render(
+        {
+            "service": "green",
+            "run_id": "abc",
+            "valid_month": "2023-01",
+            "rows": rows,
+            "train_months": ["2022-01", "2022-02"],
+            "tuning_month": None,
+        }
+    )
     assert "from a bounded sample" in page and "its fit time is its members'" in page
     assert "<td class='params'>driver, 20,000 of 125,364 rows, 9 epochs (best 6)</td>" in page
 
@@ -160,16 +231,31 @@ def test_a_search_the_window_cannot_hold_is_refused_before_anything_is_trained_o
 def test_one_pass_metrics_equal_a_separate_aggregation_per_group(spark):
     from jobs.models.metrics import full_metrics, regression_metrics, with_bands
 
-    rows = [(b, h, d, float(t), float(p)) for b, h, d, t, p in [
-        ("Queens", 7, 0.5, 10, 12), ("Queens", 7, 12.0, 30, 20), ("Bronx", 23, 3.0, 15, 15), ("Bronx", 2, None, 8, 9),
-        (None, 13, 6.0, 25, 31), ("Manhattan", 17, 1.5, 12, 11)]]  # fmt: skip
-    df = spark.createDataFrame(rows, "pu_borough string, pickup_hour int, trip_distance double, "
-                                     "duration_min double, predicted_duration_min double")  # fmt: skip
+    rows = [
+        (b, h, d, float(t), float(p))
+        for b, h, d, t, p in [
+            ("Queens", 7, 0.5, 10, 12),
+            ("Queens", 7, 12.0, 30, 20),
+            ("Bronx", 23, 3.0, 15, 15),
+            ("Bronx", 2, None, 8, 9),
+            (None, 13, 6.0, 25, 31),
+            ("Manhattan", 17, 1.5, 12, 11),
+        ]
+    ]
+    df = spark.createDataFrame(
+        rows,
+        "pu_borough string, pickup_hour int, trip_distance double, duration_min double, predicted_duration_min double",
+    )
     got = full_metrics(df)
     want = regression_metrics(df)
     for by in ("pu_borough", "hour_band", "distance_band"):
-        want.update({k: v for k, v in regression_metrics(with_bands(df), by=by).items()
-                     if k.startswith(("rmse_", "mae_", "n_"))})  # fmt: skip
+        want.update(
+            {
+                k: v
+                for k, v in regression_metrics(with_bands(df), by=by).items()
+                if k.startswith(("rmse_", "mae_", "n_"))
+            }
+        )
     assert got.keys() == want.keys() and got == pytest.approx(want)
     assert got["n_distance_band_None"] == 1 and got["rmse_distance_band_10mi_plus"] == pytest.approx(10.0)
     assert got["n_pu_borough_None"] == 1 and got["n_hour_band_late"] == 1

@@ -181,8 +181,11 @@ def test_broken_schema_rejects_the_whole_month(spark, lake, cli_lakehouse, tmp_p
 def _raw_zone(settings, service: str, month: str) -> dict[str, str]:
     """{file: sha256} of the month's landed files (the accepted copy included)."""
     root = settings.raw_dir / service / month
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_rejected_relanding_costs_nothing(spark, lake, tmp_path):
@@ -211,8 +214,11 @@ def test_a_rejected_relanding_costs_nothing(spark, lake, tmp_path):
     assert run["verdict"] == "rejected" and _gx_status(lake, run) == {"green_file": True, "green_rows": False}
     kept = Path(run["set_aside"])
     assert kept.parent.parent == lake.raw_dir / "_rejected" / "green" / "2023-02"
-    assert hashlib.sha256(kept.read_bytes()).hexdigest() == run["landed_checksum"] == hashlib.sha256(
-        bad.read_bytes()).hexdigest()  # fmt: skip
+    assert (
+        hashlib.sha256(kept.read_bytes()).hexdigest()
+        == run["landed_checksum"]
+        == hashlib.sha256(bad.read_bytes()).hexdigest()
+    )
     assert "trip_distance_range" in json.loads((kept.parent / "_rejected.json").read_text())["reason"]
     # The accepted data is back, and validates as before.
     assert validate.run(spark, lake, "green", "2023-02")["verdict"] == "passed"
@@ -231,7 +237,7 @@ def test_green_and_yellow_validated_at_once_in_two_processes(spark, lake, tmp_pa
             env=job_env(lake.lakehouse),
             stdout=out.open("w"),
             stderr=err.open("w"),
-        )  # fmt: skip
+        )
         for (svc, m), (out, err) in zip(months, logs, strict=True)
     ]
     results = [

@@ -35,16 +35,19 @@ def test_every_reader_shows_the_raw_files_wall_clock_times(golden):
     for table in (lakehouse.BRONZE, lakehouse.TRIPS):
         field = next(f for f in lakehouse.delta_rs(s, table).schema().fields if f.name == "pickup_datetime")
         assert str(field.type.type) == "timestamp_ntz", (table.key, field.type)
-    bronze = lakehouse.query(s, lakehouse.BRONZE, ["pickup_datetime"], [("service", "=", "green"),
-                                                                        ("month", "=", "2023-02")])  # fmt: skip
+    bronze = lakehouse.query(
+        s, lakehouse.BRONZE, ["pickup_datetime"], [("service", "=", "green"), ("month", "=", "2023-02")]
+    )
     assert _sorted_times(bronze["pickup_datetime"]) == expected  # every row, bad ones included
     con = duckdb.connect()
     con.execute(f"SET TimeZone = '{NEW_YORK}'")  # a BI session in New York: TIMESTAMP (without zone) stays as is
     con.register("trips", lakehouse.delta_rs(s, lakehouse.TRIPS).to_pyarrow_dataset())
-    kind, first = con.execute("select typeof(min(pickup_datetime)), min(pickup_datetime) from trips "
-                              "where month = '2023-02'").fetchone()  # fmt: skip
-    valid = lakehouse.query(s, lakehouse.TRIPS, ["pickup_datetime"], [("service", "=", "green"),
-                                                                      ("month", "=", "2023-02")])  # fmt: skip
+    kind, first = con.execute(
+        "select typeof(min(pickup_datetime)), min(pickup_datetime) from trips where month = '2023-02'"
+    ).fetchone()
+    valid = lakehouse.query(
+        s, lakehouse.TRIPS, ["pickup_datetime"], [("service", "=", "green"), ("month", "=", "2023-02")]
+    )
     assert kind == "TIMESTAMP" and first == valid["pickup_datetime"].min().to_pydatetime()
     assert first.strftime("%Y-%m-%d %H:%M:%S") in expected
 
@@ -52,7 +55,7 @@ def test_every_reader_shows_the_raw_files_wall_clock_times(golden):
 def test_week_boundaries_do_not_move_with_the_machines_time_zone(spark, golden, monkeypatch):
     """The week's trips selected under a New York Python process equal those selected under UTC (a naive datetime
     literal would have moved the boundaries by five hours)."""
-    from jobs.monitoring.job import scored_week
+    from jobs.monitoring.weeks import scored_week
 
     def week_ids() -> set[str]:
         return {r.trip_id for r in scored_week(spark, golden.settings, "green", "2023-W06").select("trip_id").collect()}
@@ -73,13 +76,15 @@ def test_months_processed_in_new_york_time_give_the_tables_utc_gives(golden, tmp
     """Ingest, validate and features of two months with the JVM and Python in New York time: the same rows and
     values as the golden lakehouse built under UTC."""
     months = ("2022-01", "2022-02")
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import time; assert time.strftime('%Z') in "
-              "('EST', 'EDT'); from jobs.features import job as features; from jobs.ingest import job as ingest; "
-              "from jobs.validation import job as validate; from jobs.platform.config import load_settings; "
-              "from jobs.platform.spark import get_spark; s = load_settings(); spark = get_spark(s); "
-              "assert spark.sparkContext._jvm.java.util.TimeZone.getDefault().getID() == 'America/New_York'; "
-              f"[(ingest.run(spark, s, 'green', m), validate.run(spark, s, 'green', m)) for m in {months!r}]; "
-              f"features.run(spark, s, 'green', {months[-1]!r})")  # fmt: skip
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import time; assert time.strftime('%Z') in "
+        "('EST', 'EDT'); from jobs.features import job as features; from jobs.ingest import job as ingest; "
+        "from jobs.validation import job as validate; from jobs.platform.config import load_settings; "
+        "from jobs.platform.spark import get_spark; s = load_settings(); spark = get_spark(s); "
+        "assert spark.sparkContext._jvm.java.util.TimeZone.getDefault().getID() == 'America/New_York'; "
+        f"[(ingest.run(spark, s, 'green', m), validate.run(spark, s, 'green', m)) for m in {months!r}]; "
+        f"features.run(spark, s, 'green', {months[-1]!r})"
+    )
     lake = tmp_path / "lakehouse"
     env = job_env(lake, TZ=NEW_YORK, JAVA_TOOL_OPTIONS=f"-Duser.timezone={NEW_YORK}")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
@@ -107,8 +112,11 @@ def test_a_lakehouse_from_before_wall_clock_times_is_refused_then_migrated(spark
         writer = old.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
         writer.option("overwriteSchema", "true").partitionBy(*table.partition_by).save(table.path(lake))
     version = lakehouse.current_version(spark, lake, lakehouse.BRONZE)
-    with pytest.raises(InputError, match=r"bronze/trips stores pickup_datetime, dropoff_datetime as TIMESTAMP .* "
-                                         r"run `taxi migrate-timestamps`"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"bronze/trips stores pickup_datetime, dropoff_datetime as TIMESTAMP .* "
+        r"run `taxi migrate-timestamps`",
+    ):
         ingest.run(spark, lake, "green", "2023-02")
     assert lakehouse.current_version(spark, lake, lakehouse.BRONZE) == version  # nothing written
     migrated = lakehouse.migrate_wall_clock(spark, lake)

@@ -86,8 +86,13 @@ def wait_for_publication(service: str):
     the task is killed (apache/airflow#68010). The deadline is the check's own (publication_timeout_days from the
     month's end), so the sensor's run-time bookkeeping is not needed."""
 
-    @task(task_id="wait_for_publication", retries=2, retry_delay=timedelta(minutes=1),
-          retry_exponential_backoff=False, execution_timeout=PUBLICATION_CHECK_TIMEOUT)  # fmt: skip
+    @task(
+        task_id="wait_for_publication",
+        retries=2,
+        retry_delay=timedelta(minutes=1),
+        retry_exponential_backoff=False,
+        execution_timeout=PUBLICATION_CHECK_TIMEOUT,
+    )
     def wait(month: str) -> str:
         from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 

@@ -28,8 +28,18 @@ from jobs.training import command as training_command
 from jobs.validation import command as validation_command
 
 # In the order `taxi --help` lists them: the lifecycle first, then the tools around it.
-COMMANDS = (ingest_command, validation_command, features_command, training_command, promotion_command,
-            scoring_command, monitoring_command, lineage_command, entry_commands, platform_commands)  # fmt: skip
+COMMANDS = (
+    ingest_command,
+    validation_command,
+    features_command,
+    training_command,
+    promotion_command,
+    scoring_command,
+    monitoring_command,
+    lineage_command,
+    entry_commands,
+    platform_commands,
+)
 EXIT_DOC = """exit codes: 0 ok; 2 bad input, arguments or config; 3 month rejected by validation;
 4 an upstream stage is missing; 5 a service (MLflow) unreachable;
 10 monitor: drift or error over threshold (retrain); 1 anything else."""
@@ -45,8 +55,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--conf", help="YAML file merged over conf/local.yaml (default: $TAXI_CONF)")
-    top.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                     help="INFO: one line per step of a job; DEBUG: also the libraries' own messages")  # fmt: skip
+    top.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="INFO: one line per step of a job; DEBUG: also the libraries' own messages",
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(commands)

@@ -32,8 +32,9 @@ def _silver_runs(settings: Settings, service: str, months: list[str]) -> dict[st
     """{month: the validation run whose rows are in silver now} for the months that have validated rows."""
     if not lakehouse.exists(settings, lakehouse.TRIPS):
         return {}
-    df = lakehouse.query(settings, lakehouse.TRIPS, ["month", "validation_run_id"],
-                         [("service", "=", service), ("month", "in", months)])  # fmt: skip
+    df = lakehouse.query(
+        settings, lakehouse.TRIPS, ["month", "validation_run_id"], [("service", "=", service), ("month", "in", months)]
+    )
     return dict(df.drop_duplicates("month")[["month", "validation_run_id"]].itertuples(index=False, name=None))
 
 
@@ -44,8 +45,9 @@ def stale_months(settings: Settings, service: str, months: list[str]) -> dict[st
         return {}
     if COLUMN not in lakehouse.column_names(settings, lakehouse.FEATURES):
         return {}
-    recorded = lakehouse.query(settings, lakehouse.FEATURES, ["month", COLUMN],
-                               [("service", "=", service), ("month", "in", months)]).drop_duplicates()  # fmt: skip
+    recorded = lakehouse.query(
+        settings, lakehouse.FEATURES, ["month", COLUMN], [("service", "=", service), ("month", "in", months)]
+    ).drop_duplicates()
     cfg = settings.features
     stale = {}
     for month, record in recorded.itertuples(index=False, name=None):
@@ -53,8 +55,9 @@ def stale_months(settings: Settings, service: str, months: list[str]) -> dict[st
             continue
         read = json.loads(record)
         present = _silver_runs(settings, service, [month, *previous_months(month, cfg.history_lookback_months)])
-        window = history_window(month, [m for m in present if m != month], cfg.history_months,
-                                cfg.history_lookback_months)  # fmt: skip
+        window = history_window(
+            month, [m for m in present if m != month], cfg.history_months, cfg.history_lookback_months
+        )
         now = {m: run for m, run in present.items() if m == month or m in window}
         changed = [m for m in sorted(now.keys() | read.keys()) if now.get(m) != read.get(m)]
         if changed:

@@ -264,8 +264,9 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
     )
     with spark_progress(spark, log):
         # merge_schema: a table written before the inputs column existed gains it
-        version = lakehouse.replace_partition(features, settings, lakehouse.FEATURES, run_id, service, month,
-                                              merge_schema=True)  # fmt: skip
+        version = lakehouse.replace_partition(
+            features, settings, lakehouse.FEATURES, run_id, service, month, merge_schema=True
+        )
     rows = (
         lakehouse.read(spark, settings, lakehouse.FEATURES, version)
         .where(lakehouse.partition_predicate(service, month))

@@ -277,8 +277,7 @@ def mark_accepted(settings: Settings, service: str, month: str, landed: LandedFi
     storage.move(staging, folder)
 
 
-def set_aside_rejected(settings: Settings, service: str, month: str, landed: LandedFile, run_id: str,
-                       reason: str):  # fmt: skip
+def set_aside_rejected(settings: Settings, service: str, month: str, landed: LandedFile, run_id: str, reason: str):
     """Move a rejected landed file to ``raw/_rejected/<service>/<month>/<run_id>/`` with its checksum and reason, and
     put the last accepted file (if any) back in its place. Returns the rejected file's new location."""
     month_dir = settings.raw_dir / service / month

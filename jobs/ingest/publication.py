@@ -1,7 +1,7 @@
 """Has a month's source file been published yet?
 
 The TLC publishes a month's trip file about two months after the month ends. A monthly Airflow run is created
-when its month ends and first waits here (a sensor in reschedule mode: no worker slot is held between checks).
+when its month ends and first waits here (a task that reschedules itself: no worker slot is held between checks).
 Light on purpose (standard library, plus pyarrow only for object-store URIs): the check runs every few hours.
 """
 
@@ -38,8 +38,10 @@ class Publication:
     def message(self) -> str:
         if self.published:
             return f"{self.service} {self.month}: source {self.source} is published"
-        return (f"{self.service} {self.month}: source {self.source} is not published yet (the TLC publishes a month "
-                f"about two months after it ends); waiting until {self.deadline}")  # fmt: skip
+        return (
+            f"{self.service} {self.month}: source {self.source} is not published yet (the TLC publishes a month "
+            f"about two months after it ends); waiting until {self.deadline}"
+        )
 
 
 def default_source(settings: Settings, service: str, month: str) -> str:
@@ -82,8 +84,9 @@ def check(settings: Settings, service: str, month: str, today: dt.date | None = 
     check_service(service)
     check_month(month)
     source = default_source(settings, service, month)
-    status = Publication(service, month, source, is_available(source),
-                         deadline(month, settings.airflow.publication_timeout_days))  # fmt: skip
+    status = Publication(
+        service, month, source, is_available(source), deadline(month, settings.airflow.publication_timeout_days)
+    )
     if not status.published and (today or dt.date.today()) > status.deadline:
         raise NotPublished(
             f"{service} {month}: source {source} was not published within "

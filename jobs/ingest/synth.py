@@ -104,8 +104,10 @@ def run(settings: Settings, service: str, month: str, rows: int, out: str | None
     if month < "2025-01" and "cbd_congestion_fee" in schema.names:  # the fee exists from 2025 on
         schema = schema.remove(schema.get_field_index("cbd_congestion_fee"))
     if not out and storage.is_remote(settings.lakehouse):
-        raise InputError(f"{service} {month}: the lakehouse is on object storage: give --out, a local path that "
-                         "`taxi ingest --source` then lands from")  # fmt: skip
+        raise InputError(
+            f"{service} {month}: the lakehouse is on object storage: give --out, a local path that "
+            "`taxi ingest --source` then lands from"
+        )
     target = Path(out) if out else settings.lakehouse / "synth" / f"{service}_tripdata_{month}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")

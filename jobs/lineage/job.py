@@ -19,13 +19,22 @@ from jobs.platform.tracking import setup_mlflow
 
 # Identity and provenance columns shown for each row (the full rows are a query away).
 SHOWN = {
-    lakehouse.PREDICTIONS: ("month", "predicted_duration_min", "predicted_p10_min", "predicted_p90_min",
-                            "actual_duration_min", "model_name", "model_version", "features_version", "scored_at",
-                            "scoring_run_id"),
+    lakehouse.PREDICTIONS: (
+        "month",
+        "predicted_duration_min",
+        "predicted_p10_min",
+        "predicted_p90_min",
+        "actual_duration_min",
+        "model_name",
+        "model_version",
+        "features_version",
+        "scored_at",
+        "scoring_run_id",
+    ),
     lakehouse.FEATURES: ("month", "feature_set_version", "features_run_id", "trip_distance", "hist_level"),
     lakehouse.TRIPS: ("month", "pickup_datetime", "dropoff_datetime", "validation_run_id", "source_checksum"),
     lakehouse.BRONZE: ("month", "source_file", "source_checksum", "ingested_at", "duplicate_rank"),
-}  # fmt: skip
+}
 
 
 def _row(settings: Settings, table, service: str, trip_id: str, month: str | None, version: int | None = None):
@@ -55,10 +64,11 @@ def _validation_run(settings: Settings, service: str, run_id: str) -> dict[str, 
     if not lakehouse.exists(settings, lakehouse.VALIDATION_RUNS):
         return None
     df = lakehouse.query(
-        settings, lakehouse.VALIDATION_RUNS,
+        settings,
+        lakehouse.VALIDATION_RUNS,
         ["run_id", "verdict", "started_at", "suite_versions", "landed_file", "landed_checksum", "data_docs"],
         [("service", "=", service), ("run_id", "=", run_id)],
-    )  # fmt: skip
+    )
     return {k: _plain(v) for k, v in df.iloc[0].items()} if len(df) else None
 
 

@@ -173,8 +173,13 @@ def log_model(mlflow, model: NativeModel, input_example, matrix_of) -> str:
     module = flavor_module(model.flavor)
     # mlflow.keras (3.17) writes the input example before it creates the model folder and fails: the signature stays.
     example = None if model.flavor == "keras" else input_example
-    info = module.log_model(native_object(model), name="model", signature=signature, input_example=example,
-                            pip_requirements=pinned_requirements(*module.get_default_pip_requirements()))  # fmt: skip
+    info = module.log_model(
+        native_object(model),
+        name="model",
+        signature=signature,
+        input_example=example,
+        pip_requirements=pinned_requirements(*module.get_default_pip_requirements()),
+    )
     return info.model_uri
 
 
@@ -195,8 +200,11 @@ def log_ensemble(mlflow, model: NativeModel, input_example, signature) -> str:
             path = os.path.join(tmp, f"member_{i}")
             module = flavor_module(member.flavor)
             # Pinned: left to infer them, MLflow imports each member in a Python subprocess (~10 s each here).
-            module.save_model(native_object(member), path,
-                              pip_requirements=pinned_requirements(*module.get_default_pip_requirements()))  # fmt: skip
+            module.save_model(
+                native_object(member),
+                path,
+                pip_requirements=pinned_requirements(*module.get_default_pip_requirements()),
+            )
             artifacts[f"member_{i}"] = path
         artifacts["members"] = os.path.join(tmp, "members.json")
         Path(artifacts["members"]).write_text(json.dumps([m.flavor for m in model.payload]))

@@ -4,7 +4,6 @@ The features stage writes these columns; every model flavour reads them; scoring
 Every feature is numeric (codes for categories); nulls mean "unknown".
 """
 
-
 # What the learners see, in order. Every one is numeric (codes for categories); nulls mean "unknown".
 MODEL_FEATURES = [
     "PULocationID",

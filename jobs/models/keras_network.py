@@ -77,7 +77,12 @@ def _register(k) -> None:
             return ops.concatenate([ops.where(missing, ops.zeros_like(z), z), ops.cast(missing, z.dtype)], axis=1)
 
         def get_config(self):
-            return {**super().get_config(), "columns": self.columns, "logged": self.logged, "mean": self.mean,
-                    "std": self.std}  # fmt: skip
+            return {
+                **super().get_config(),
+                "columns": self.columns,
+                "logged": self.logged,
+                "mean": self.mean,
+                "std": self.std,
+            }
 
     _LAYERS.update(CategoryIndex=CategoryIndex, ZonePair=ZonePair, Standardize=Standardize)

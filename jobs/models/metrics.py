@@ -87,15 +87,15 @@ def full_metrics(predictions) -> dict[str, float]:
             metrics.update({k: float(v) for k, v in d.items() if v is not None})
             continue
         key = str(grp).replace(" ", "_").replace("/", "_")
-        metrics.update({f"{k}_{dim}_{key}": float(v) for k, v in d.items()
-                        if v is not None and k in ("rmse", "mae", "n")})  # fmt: skip
+        metrics.update(
+            {f"{k}_{dim}_{key}": float(v) for k, v in d.items() if v is not None and k in ("rmse", "mae", "n")}
+        )
     return metrics
 
 
 def coverage_metrics(df, lower: str = P10, upper: str = P90, actual: str = TARGET, by: str | None = None):
     """Share of rows whose actual duration lies inside [lower, upper] and the mean width, overall or per group."""
     from pyspark.sql import functions as F
-
 
     inside = ((F.col(actual) >= F.col(lower)) & (F.col(actual) <= F.col(upper))).cast("double")
     aggs = [F.avg(inside).alias("coverage"), F.avg(F.col(upper) - F.col(lower)).alias("interval_width")]

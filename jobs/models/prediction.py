@@ -48,8 +48,9 @@ def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = F
 
     extra = list(interval.columns) if interval is not None else []
     names = [*keep, PREDICTION, *extra]
-    out_schema = T.StructType([*[df.schema[c] for c in keep],
-                               *[T.StructField(c, T.DoubleType()) for c in (PREDICTION, *extra)]])  # fmt: skip
+    out_schema = T.StructType(
+        [*[df.schema[c] for c in keep], *[T.StructField(c, T.DoubleType()) for c in (PREDICTION, *extra)]]
+    )
 
     def predict_batches(batches):
         predict = cached_predictor(model)
@@ -67,5 +68,3 @@ def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = F
 
     cols = list(dict.fromkeys([*keep, *MODEL_FEATURES]))
     return df.select(*[F.col(c) for c in cols]).mapInArrow(predict_batches, out_schema)
-
-

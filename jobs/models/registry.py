@@ -92,6 +92,15 @@ def set_champion(settings: Settings, service: str, number: int | str, previous: 
     c.set_registered_model_alias(name, CHAMPION, str(number))
 
 
+def set_challenger(settings: Settings, service: str, number: int | str) -> None:
+    """Score ``number`` in shadow beside the champion (alias ``challenger``)."""
+    client().set_registered_model_alias(settings.registered_model(service), CHALLENGER, str(number))
+
+
+def remove_challenger(settings: Settings, service: str) -> None:
+    client().delete_registered_model_alias(settings.registered_model(service), CHALLENGER)
+
+
 def record_gate(settings: Settings, service: str, number: int | str, passed: bool, reason: str) -> None:
     """The gate's outcome on the version it judged: ``gate`` promoted or rejected, and why it was rejected."""
     name, c = settings.registered_model(service), client()
@@ -120,8 +129,13 @@ def load_reference_profile(mv) -> dict[str, Any]:
     return mlflow.artifacts.load_dict(uri)
 
 
-def gate_decision(candidate_rmse: float, champion_rmse: float | None, margin: float,
-                  champion_version: str | int | None = None, valid_month: str = "") -> tuple[bool, str]:  # fmt: skip
+def gate_decision(
+    candidate_rmse: float,
+    champion_rmse: float | None,
+    margin: float,
+    champion_version: str | int | None = None,
+    valid_month: str = "",
+) -> tuple[bool, str]:
     """(promote?, reason): the first model is promoted; later ones only if strictly better by ``margin`` minutes."""
     if champion_rmse is None:
         return True, "first model"
@@ -133,29 +147,38 @@ def gate_decision(candidate_rmse: float, champion_rmse: float | None, margin: fl
     )
 
 
-def gate_report(settings: Settings, candidate: dict[str, Any], champion: dict[str, Any] | None, month: str,
-                basis: str) -> dict[str, Any]:  # fmt: skip
+def gate_report(
+    settings: Settings, candidate: dict[str, Any], champion: dict[str, Any] | None, month: str, basis: str
+) -> dict[str, Any]:
     """The comparison a promotion rests on; logged as ``gate_report.json`` by training and by ``taxi promote``.
 
     ``candidate``/``champion``: {"version", "rmse", "trained_through"}; ``basis`` says what ``month`` is to both.
     """
     promoted, reason = gate_decision(
-        candidate["rmse"], champion["rmse"] if champion else None, settings.train.margin,
-        champion["version"] if champion else None, month,
-    )  # fmt: skip
-    return {"month": month, "basis": basis, "margin": settings.train.margin, "candidate": candidate,
-            "champion": champion, "passes": promoted, "reason": reason}  # fmt: skip
+        candidate["rmse"],
+        champion["rmse"] if champion else None,
+        settings.train.margin,
+        champion["version"] if champion else None,
+        month,
+    )
+    return {
+        "month": month,
+        "basis": basis,
+        "margin": settings.train.margin,
+        "candidate": candidate,
+        "champion": champion,
+        "passes": promoted,
+        "reason": reason,
+    }
 
 
 def load_registered(settings: Settings, service: str, alias: str | None = None, version: int | None = None):
     """(NativeModel, ModelVersion) from the registry by alias or version number: never from a local path."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    name = settings.registered_model(service)
+    name, c = settings.registered_model(service), client()
     try:
-        mv = client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, alias)
+        mv = c.get_model_version(name, str(version)) if version else c.get_model_version_by_alias(name, alias)
     except MlflowException as e:
         what = f"version {version}" if version else f"alias '{alias}'"
         raise MissingUpstream(

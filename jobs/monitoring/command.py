@@ -9,8 +9,7 @@ def monitor(settings, args):
     from jobs.monitoring import job
 
     if args.pending:
-        return with_spark(settings, args.command,
-                          lambda s: job.run_pending(s, settings, args.service, args.exit_code))  # fmt: skip
+        return with_spark(settings, args.command, lambda s: job.run_pending(s, settings, args.service, args.exit_code))
     return with_spark(settings, args.command, lambda s: job.run(s, settings, args.service, args.week, args.exit_code))
 
 

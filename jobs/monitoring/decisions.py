@@ -17,8 +17,10 @@ def weeks_asking_for_retraining(settings: Settings, service: str, since: dt.date
         return []
     rows = lakehouse.query(settings, lakehouse.DRIFT, ["week", "retrain", "computed_at"], [("service", "=", service)])
     since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
-    return sorted({
-        week for week, retrain, at in zip(*(rows[c].tolist() for c in ("week", "retrain", "computed_at")),
-                                          strict=True)
-        if retrain and at is not None and (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= since
-    })  # fmt: skip
+    return sorted(
+        {
+            week
+            for week, retrain, at in zip(*(rows[c].tolist() for c in ("week", "retrain", "computed_at")), strict=True)
+            if retrain and at is not None and (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= since
+        }
+    )

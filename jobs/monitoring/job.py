@@ -13,55 +13,42 @@ when ``drift_weeks`` of the last ``drift_window`` weeks drifted. The Delta table
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from jobs.models import registry
 from jobs.models.binning import binned_counts
 from jobs.models.inputs import PREDICTION, TARGET
-from jobs.models.interval import P10, P90
 from jobs.models.profile import accuracy, continuous_sample, profile_parts
 from jobs.monitoring import shadow_compare as shadow
-from jobs.monitoring.report import html_report, zone_names
+from jobs.monitoring.report import AccuracyFigures, DriftFigures, html_report, zone_names
 from jobs.monitoring.shadow_compare import scoring_version
 from jobs.monitoring.stats import drift_metrics, judge_features, retrain_decision, verdict
-from jobs.platform import lakehouse, storage
+from jobs.monitoring.weeks import earlier_verdicts, pending_weeks, scored_week
+from jobs.platform import lakehouse, sql, storage
 from jobs.platform.config import Settings
+from jobs.platform.context import RunContext
 from jobs.platform.errors import MissingUpstream
 from jobs.platform.log import JobLog, spark_progress
-from jobs.platform.months import add_weeks, check_service, check_week, month_start, wall_clock, week_bounds, week_months
+from jobs.platform.months import check_service, check_week, week_months
 from jobs.platform.tracking import experiment_id, setup_mlflow
 
 # The JSON next to each report: other tooling reads these keys.
-SUMMARY_KEYS = ("verdict", "retrain", "drifted_features", "performance", "reference_performance", "model_version",
-                "week")  # fmt: skip
+SUMMARY_KEYS = (
+    "verdict",
+    "retrain",
+    "drifted_features",
+    "performance",
+    "reference_performance",
+    "model_version",
+    "week",
+)
 DRIFT_SCHEMA = (
     "service string, week string, feature string, metric string, value double, threshold double, drifted boolean, "
     "judged boolean, reference_months string, model_version int, verdict string, retrain boolean, run_id string"
 )
-
-
-def scored_week(spark, settings: Settings, service: str, week: str, table=lakehouse.PREDICTIONS):
-    """The week's trips scored into ``table`` with their features (only the week's month partitions are read)."""
-    from pyspark.sql import functions as F
-
-    if not lakehouse.exists(settings, table):
-        raise MissingUpstream(f"{table.relpath} is empty: run `taxi score --service {service}` for {week} first")
-    start, end = week_bounds(week)
-    months = week_months(week)
-    scored = lakehouse.read(spark, settings, table)
-    # Intervals: null for trips scored before the model had them (an older table lacks the columns altogether).
-    bounds = [F.col(c) if c in scored.columns else F.lit(None).cast("double").alias(c) for c in (P10, P90)]
-    preds = (
-        scored.where(F.col("service") == service)
-        .where(F.col("month").isin(months))
-        .where((F.col("pickup_datetime") >= wall_clock(start)) & (F.col("pickup_datetime") < wall_clock(end)))
-        .select("trip_id", PREDICTION, *bounds, "model_version")
-    )
-    feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
-    return feats.where(F.col("month").isin(months)).join(preds, "trip_id")
 
 
 def shadow_week(spark, settings: Settings, service: str, week: str, current) -> dict[str, Any] | None:
@@ -69,27 +56,6 @@ def shadow_week(spark, settings: Settings, service: str, week: str, current) -> 
     if not lakehouse.exists(settings, lakehouse.SHADOW_PREDICTIONS):
         return None
     return shadow.compare(current, scored_week(spark, settings, service, week, lakehouse.SHADOW_PREDICTIONS))
-
-
-def earlier_verdicts(spark, settings: Settings, service: str, week: str) -> list[str]:
-    """Verdicts of the ``drift_window - 1`` weeks before ``week``, oldest first ("none" where no report)."""
-    weeks = [add_weeks(week, -k) for k in range(settings.monitor.drift_window - 1, 0, -1)]
-    if not weeks or not lakehouse.exists(settings, lakehouse.DRIFT):
-        return ["none"] * len(weeks)
-    rows = (
-        lakehouse.read(spark, settings, lakehouse.DRIFT)
-        .where(f"service = '{service}'")
-        .where(lakehouse_in("week", weeks))
-        .select("week", "verdict")
-        .distinct()
-        .collect()
-    )
-    found = {r.week: r.verdict for r in rows}
-    return [found.get(w, "none") for w in weeks]
-
-
-def lakehouse_in(column: str, values: list[str]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 def accuracy_detail(current, sample_rows: int):
@@ -108,145 +74,215 @@ def accuracy_detail(current, sample_rows: int):
     return residuals, scatter.toPandas()
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The model version that scored the week and the out-of-sample profile it was registered with."""
+
+    version: Any  # the MLflow ModelVersion
+    profile: dict[str, Any]
+    specs: list
+    counts: dict
+    sample: dict
+    performance: dict[str, float]
+    seen: str  # the last month the version trained on
+
+    @classmethod
+    def of(cls, settings: Settings, service: str, current) -> Reference:
+        mv = registry.version(settings, service, scoring_version(current))
+        profile = registry.load_reference_profile(mv)
+        specs, counts, sample, performance = profile_parts(profile)
+        return cls(mv, profile, specs, counts, sample, performance, registry.trained_through(mv) or profile["month"])
+
+
+@dataclass
+class Measured:
+    """What the week's trips show against the reference: drift records and judgements, accuracy, detail plots."""
+
+    rows: int
+    counts: dict
+    records: list[dict[str, Any]]
+    judgements: list[dict[str, Any]]
+    performance: dict[str, float]
+    residuals: list
+    scatter: Any
+    shadow: dict[str, Any] | None
+
+
 def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: bool = False) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    check_service(service)
     check_week(week)
-    log = JobLog("monitor", service, week)
+    ctx = RunContext.start("monitor", spark, settings, service, week)
     mlflow = setup_mlflow(settings)
-    current = scored_week(spark, settings, service, week).cache()
-    n_current = current.count()
-    if n_current == 0:
-        raise MissingUpstream(f"no scored {service} trips in week {week}: run `taxi score` for {week_months(week)}")
-    mv = registry.version(settings, service, scoring_version(current))
-    specs, ref_counts, ref_sample, ref_perf = profile_parts(profile := registry.load_reference_profile(mv))
-    seen = registry.trained_through(mv) or profile["month"]
-    log.info("data", reference_month=profile["month"], current_rows=n_current, model_version=mv.version)
+    current, rows = load_week(ctx)
+    ref = Reference.of(settings, service, current)
+    ctx.log.info("data", reference_month=ref.profile["month"], current_rows=rows, model_version=ref.version.version)
+    measured = measure(ctx, current, rows, ref)
+    summary = judge(ctx, measured, ref)
+    drift_version, trend = write_drift(ctx, summary, measured, ref)
+    report_path = publish_report(ctx, mlflow, summary, measured, ref, trend)
+    summary.update(drift_version=drift_version, run_id=ctx.run_id)
+    (report_path.parent / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
+    current.unpersist()
+    ctx.log.info(
+        "done",
+        verdict=summary["verdict"],
+        retrain=summary["retrain"],
+        drifted=",".join(summary["drifted_features"]) or "none",
+        rmse=round(measured.performance.get("rmse", float("nan")), 3),
+        report=report_path,
+        duration_s=round(ctx.log.elapsed(), 1),
+    )
+    if fail_on_retrain and summary["retrain"]:
+        summary["exit_code"] = 10
+    return summary
 
-    with spark_progress(spark, log):
-        cur_counts = binned_counts(current, specs)
-        records = drift_metrics(specs, ref_counts, cur_counts, ref_sample,
-                                continuous_sample(current, settings.monitor.sample_rows))  # fmt: skip
-        judgements = judge_features(specs, records, ref_counts, settings)
-        perf = accuracy(current)
+
+def load_week(ctx: RunContext):
+    """(the week's scored trips with their features, cached; their count): none is an error naming the months."""
+    current = scored_week(ctx.spark, ctx.settings, ctx.service, ctx.period).cache()
+    rows = current.count()
+    if rows == 0:
+        raise MissingUpstream(
+            f"no scored {ctx.service} trips in week {ctx.period}: run `taxi score` for {week_months(ctx.period)}"
+        )
+    return current, rows
+
+
+def measure(ctx: RunContext, current, rows: int, ref: Reference) -> Measured:
+    """Drift of every monitored feature and of the predictions, accuracy where durations are known, the shadow."""
+    with spark_progress(ctx.spark, ctx.log):
+        counts = binned_counts(current, ref.specs)
+        records = drift_metrics(
+            ref.specs, ref.counts, counts, ref.sample, continuous_sample(current, ctx.settings.monitor.sample_rows)
+        )
+        judgements = judge_features(ref.specs, records, ref.counts, ctx.settings)
+        performance = accuracy(current)
         residuals, scatter = accuracy_detail(current, 3000)
-        in_shadow = shadow_week(spark, settings, service, week, current)
-    result = verdict(judgements, perf, ref_perf, settings, in_sample=week_months(week)[0] <= seen)
-    retrain, retrain_reason = retrain_decision(result["verdict"], earlier_verdicts(spark, settings, service, week),
-                                               settings)  # fmt: skip
+        in_shadow = shadow_week(ctx.spark, ctx.settings, ctx.service, ctx.period, current)
+    return Measured(rows, counts, records, judgements, performance, residuals, scatter, in_shadow)
+
+
+def judge(ctx: RunContext, measured: Measured, ref: Reference) -> dict[str, Any]:
+    """The week's verdict and retrain decision, as the summary every output carries; the accuracy and shadow facts
+    join the drift records."""
+    settings, week = ctx.settings, ctx.period
+    result = verdict(
+        measured.judgements, measured.performance, ref.performance, settings, in_sample=week_months(week)[0] <= ref.seen
+    )
+    earlier = earlier_verdicts(ctx.spark, settings, ctx.service, week)
+    retrain, retrain_reason = retrain_decision(result["verdict"], earlier, settings)
     summary = {
-        "service": service,
+        "service": ctx.service,
         "week": week,
-        "model_version": int(mv.version),
+        "model_version": int(ref.version.version),
         "reference": {
             "kind": "out-of-sample validation month, predicted before refit",
-            "month": profile["month"],
-            "rows": profile["rows"],
-            "trained_through": seen,
-        },  # fmt: skip
-        "current_rows": n_current,
-        "known_rows": int(perf.get("n", 0)),
+            "month": ref.profile["month"],
+            "rows": ref.profile["rows"],
+            "trained_through": ref.seen,
+        },
+        "current_rows": measured.rows,
+        "known_rows": int(measured.performance.get("n", 0)),
         **result,
         "coverage_range": [settings.monitor.coverage_min, settings.monitor.coverage_max],
         "retrain": retrain,
         "retrain_reason": retrain_reason,
         "features": {
             j["feature"]: {k: j[k] for k in ("rule", "value", "threshold", "fired", "counts", "excluded")}
-            for j in judgements
-        },  # fmt: skip
-        "performance": {k: v for k, v in perf.items() if not k.startswith("n")},
-        "reference_performance": {k: v for k, v in ref_perf.items() if not k.startswith("n")},
-        "shadow": in_shadow,
+            for j in measured.judgements
+        },
+        "performance": {k: v for k, v in measured.performance.items() if not k.startswith("n")},
+        "reference_performance": {k: v for k, v in ref.performance.items() if not k.startswith("n")},
+        "shadow": measured.shadow,
     }
-    for name, value in summary["performance"].items():
-        records.append({"feature": "_performance", "metric": name, "value": value})
-    for name, value in summary["reference_performance"].items():
-        records.append({"feature": "_reference_performance", "metric": f"reference_{name}", "value": value})
-    records += shadow.records(in_shadow)
+    measured.records += [
+        {"feature": "_performance", "metric": name, "value": value} for name, value in summary["performance"].items()
+    ]
+    measured.records += [
+        {"feature": "_reference_performance", "metric": f"reference_{name}", "value": value}
+        for name, value in summary["reference_performance"].items()
+    ]
+    measured.records += shadow.records(measured.shadow)
+    return summary
 
-    run_id = lakehouse.new_run_id("monitor")
-    judged = {(j["feature"], j["rule"]): j for j in judgements}
 
-    def row(r):
-        j = judged.get((r["feature"], r["metric"]))
-        threshold = j["threshold"] if j else (result["rmse_limit"] if r["feature"] == "_performance"
-                                              and r["metric"] == "rmse" else None)  # fmt: skip
-        return (service, week, r["feature"], r["metric"], float(r["value"]), threshold, bool(j and j["fired"]),
-                bool(j and j["counts"]), profile["month"], int(mv.version), result["verdict"], retrain,
-                run_id)  # fmt: skip
+def write_drift(ctx: RunContext, summary: dict[str, Any], measured: Measured, ref: Reference):
+    """(Delta version, RMSE trend): the week's rows replace its earlier ones in ``monitoring/drift``."""
+    from pyspark.sql import functions as F
 
-    drift_df = spark.createDataFrame([row(r) for r in records], DRIFT_SCHEMA).withColumn(
-        "computed_at", F.current_timestamp()
+    judged = {(j["feature"], j["rule"]): j for j in measured.judgements}
+    rows = [drift_row(r, judged.get((r["feature"], r["metric"])), summary, ref, ctx.run_id) for r in measured.records]
+    drift_df = ctx.spark.createDataFrame(rows, DRIFT_SCHEMA).withColumn("computed_at", F.current_timestamp())
+    version = lakehouse.replace_where(
+        drift_df,
+        ctx.settings,
+        lakehouse.DRIFT,
+        ctx.run_id,
+        sql.matches(service=ctx.service, week=ctx.period),
+        merge_schema=True,
     )
-    version = lakehouse.replace_where(drift_df, settings, lakehouse.DRIFT, run_id,
-                                      f"service = '{service}' AND week = '{week}'", merge_schema=True)  # fmt: skip
     history = (
-        lakehouse.read(spark, settings, lakehouse.DRIFT, version)
-        .where(f"service = '{service}' AND feature = '_performance' AND metric = 'rmse'")
+        lakehouse.read(ctx.spark, ctx.settings, lakehouse.DRIFT, version)
+        .where(sql.matches(service=ctx.service, feature="_performance", metric="rmse"))
         .select("week", "value")
         .orderBy("week")
         .collect()
     )
-    out_dir = settings.reports_dir / "drift" / service
+    return version, [(r.week, r.value) for r in history]
+
+
+def drift_row(
+    record: dict[str, Any], judged: dict[str, Any] | None, summary: dict[str, Any], ref: Reference, run_id: str
+) -> tuple:
+    """One ``monitoring/drift`` row (DRIFT_SCHEMA order) of a drift or accuracy record."""
+    is_rmse = record["feature"] == "_performance" and record["metric"] == "rmse"
+    threshold = judged["threshold"] if judged else (summary["rmse_limit"] if is_rmse else None)
+    return (
+        summary["service"],
+        summary["week"],
+        record["feature"],
+        record["metric"],
+        float(record["value"]),
+        threshold,
+        bool(judged and judged["fired"]),
+        bool(judged and judged["counts"]),
+        ref.profile["month"],
+        int(ref.version.version),
+        summary["verdict"],
+        summary["retrain"],
+        run_id,
+    )
+
+
+def publish_report(ctx: RunContext, mlflow, summary: dict[str, Any], measured: Measured, ref: Reference, trend):
+    """The week's MLflow run (metrics, tags) and its HTML report, in the reports folder and in the run."""
+    out_dir = ctx.settings.reports_dir / "drift" / ctx.service
     storage.makedirs(out_dir)
-    report_path = out_dir / f"{week}.html"
-    exp = experiment_id(settings, f"monitor-{service}")
+    report_path = out_dir / f"{ctx.period}.html"
+    exp = experiment_id(ctx.settings, f"monitor-{ctx.service}")
     mlflow.set_experiment(experiment_id=exp)
-    with mlflow.start_run(experiment_id=exp, run_name=f"{service}-{week}") as mrun:
-        mlflow.log_params({"service": service, "week": week, "reference_month": profile["month"],
-                           "model_version": mv.version, "current_rows": n_current})  # fmt: skip
-        mlflow.log_metrics({_metric_name(r): r["value"] for r in records if not math.isnan(r["value"])})
-        mlflow.set_tags({"verdict": result["verdict"], "retrain": str(retrain)})
-        trend = [(r.week, r.value) for r in history]
-        page = html_report(summary, judgements, records, specs, ref_counts, cur_counts,
-                           zone_names(settings.data.zone_lookup), residuals, scatter, trend,
-                           mlflow_link(settings, exp, mrun.info.run_id))  # fmt: skip
+    with mlflow.start_run(experiment_id=exp, run_name=f"{ctx.service}-{ctx.period}") as mrun:
+        mlflow.log_params(
+            {
+                "service": ctx.service,
+                "week": ctx.period,
+                "reference_month": ref.profile["month"],
+                "model_version": ref.version.version,
+                "current_rows": measured.rows,
+            }
+        )
+        mlflow.log_metrics({_metric_name(r): r["value"] for r in measured.records if not math.isnan(r["value"])})
+        mlflow.set_tags({"verdict": summary["verdict"], "retrain": str(summary["retrain"])})
+        page = html_report(
+            summary,
+            DriftFigures(measured.judgements, measured.records, ref.specs, ref.counts, measured.counts),
+            zone_names(ctx.settings.data.zone_lookup),
+            AccuracyFigures(measured.residuals, measured.scatter, trend),
+            mlflow_link(ctx.settings, exp, mrun.info.run_id),
+        )
         report_path.write_text(page)
         mlflow.log_text(page, f"report/{report_path.name}")
-    summary.update(report=str(report_path), drift_version=version, run_id=run_id, mlflow_run_id=mrun.info.run_id)
-    (out_dir / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
-    current.unpersist()
-    log.info(
-        "done",
-        verdict=result["verdict"],
-        retrain=retrain,
-        drifted=",".join(result["drifted_features"]) or "none",
-        rmse=round(perf.get("rmse", float("nan")), 3),
-        report=report_path,
-        duration_s=round(log.elapsed(), 1),
-    )
-    if fail_on_retrain and retrain:
-        summary["exit_code"] = 10
-    return summary
-
-
-def complete_weeks(months: list[str]) -> list[str]:
-    """ISO weeks all of whose days lie in ``months`` (a week spanning two months needs both), oldest first."""
-    have = set(months)
-    weeks = set()
-    for month in have:
-        day = month_start(month)
-        while day.strftime("%Y-%m") == month:
-            year, number, _ = day.isocalendar()
-            week = f"{year}-W{number:02d}"
-            if set(week_months(week)) <= have:
-                weeks.add(week)
-            day += dt.timedelta(days=1)
-    return sorted(weeks)
-
-
-def pending_weeks(spark, settings: Settings, service: str) -> list[str]:
-    """Complete ISO weeks of the scored months that have no report yet."""
-    if not lakehouse.exists(settings, lakehouse.PREDICTIONS):
-        return []
-    scored = [r.month for r in lakehouse.read(spark, settings, lakehouse.PREDICTIONS)
-              .where(lakehouse.partition_predicate(service)).select("month").distinct().collect()]  # fmt: skip
-    done = set()
-    if lakehouse.exists(settings, lakehouse.DRIFT):
-        done = {r.week for r in lakehouse.read(spark, settings, lakehouse.DRIFT)
-                .where(f"service = '{service}'").select("week").distinct().collect()}  # fmt: skip
-    return [w for w in complete_weeks(scored) if w not in done]
+    summary.update(report=str(report_path), mlflow_run_id=mrun.info.run_id)
+    return report_path
 
 
 def run_pending(spark, settings: Settings, service: str, fail_on_retrain: bool = False) -> dict[str, Any]:
@@ -257,8 +293,12 @@ def run_pending(spark, settings: Settings, service: str, fail_on_retrain: bool =
     log = JobLog("monitor", service, "pending")
     if not weeks:
         log.info("nothing pending", reason="no complete, scored week without a report")
-        return {"service": service, "weeks": {}, "retrain": False,
-                "message": "nothing to monitor: no complete, scored week without a report"}  # fmt: skip
+        return {
+            "service": service,
+            "weeks": {},
+            "retrain": False,
+            "message": "nothing to monitor: no complete, scored week without a report",
+        }
     reports = {w: run(spark, settings, service, w) for w in weeks}
     retrain = any(r["retrain"] for r in reports.values())
     summary = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 from jobs.models.binning import MISSING, OTHER, BinSpec
@@ -79,8 +80,11 @@ def _accuracy_plots(residuals: list[dict[str, Any]], scatter, perf_history, rmse
         hours = [r["hour_of_week"] for r in residuals]
         ax.bar(hours, [r["mean_residual"] for r in residuals], width=1.0, color="#3b6ea5")
         ax.axhline(0, color="black", lw=0.8)
-        ax.set(xlabel="hour of week (0 = Monday 00:00)", ylabel="mean residual, minutes",
-               title="Residuals (predicted - actual) by hour of week")  # fmt: skip
+        ax.set(
+            xlabel="hour of week (0 = Monday 00:00)",
+            ylabel="mean residual, minutes",
+            title="Residuals (predicted - actual) by hour of week",
+        )
         images.append(png_base64(fig))
     if scatter is not None and len(scatter):
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -103,14 +107,36 @@ def _num(v) -> str:
     return "" if v is None else f"{v:.4f}"
 
 
-def html_report(summary: dict, judgements, records, specs, ref_counts, cur_counts, zones, residuals, scatter,
-                perf_history, mlflow_link: str) -> str:  # fmt: skip
+@dataclass(frozen=True)
+class DriftFigures:
+    """What the feature table and histograms show: every judgement and metric, the bins and both sides' counts."""
+
+    judgements: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    specs: list[BinSpec]
+    ref_counts: dict
+    cur_counts: dict
+
+
+@dataclass(frozen=True)
+class AccuracyFigures:
+    """What the accuracy plots show: mean residual by hour of week, predicted vs actual, the RMSE over weeks."""
+
+    residuals: list
+    scatter: Any
+    perf_history: list[tuple[str, float]]
+
+
+def html_report(summary: dict, drift: DriftFigures, zones, accuracy: AccuracyFigures, mlflow_link: str) -> str:
     """Verdict and reasons; accuracy of the week next to the reference's with the limit; every feature's metrics,
     rule, threshold and whether it counts; histograms of the judged features that moved most; residual plots."""
     import matplotlib
 
     matplotlib.use("Agg")
 
+    judgements, records, specs = drift.judgements, drift.records, drift.specs
+    ref_counts, cur_counts = drift.ref_counts, drift.cur_counts
+    residuals, scatter, perf_history = accuracy.residuals, accuracy.scatter, accuracy.perf_history
     week, ref = summary["week"], summary["reference"]
     metrics: dict[str, dict[str, float]] = {}
     for r in records:
@@ -125,7 +151,7 @@ def html_report(summary: dict, judgements, records, specs, ref_counts, cur_count
             cur_counts[j["feature"]],
             f"{j['feature']}: {j['rule']} {j['value']:.3f} (threshold {j['threshold']})",
             week,
-        )  # fmt: skip
+        )
         for j in ranked[:6]
     ]
     images += _accuracy_plots(residuals, scatter, perf_history, summary["rmse_limit"])
@@ -147,8 +173,9 @@ def html_report(summary: dict, judgements, records, specs, ref_counts, cur_count
     coverage_rule = (
         f", or when the share of trips inside their prediction interval (coverage) leaves [{lo}, {hi}]. The reference"
         " has no coverage: its month calibrated the intervals, so coverage there is fitted, not measured"
-        if "coverage" in perf else ""
-    )  # fmt: skip
+        if "coverage" in perf
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift report {summary["service"]} {week}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{text-align:left}}
@@ -183,8 +210,10 @@ def _shadow_section(summary: dict[str, Any]) -> str:
         return ""
     champion, challenger = shadow["champion"], shadow["challenger"]
     keys = sorted(set(champion) | set(challenger), key=lambda k: ("_pu_borough_" in k, k))
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(champion.get(k))}</td><td>{_num(challenger.get(k))}</td>"
-                   "</tr>" for k in keys)  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_num(champion.get(k))}</td><td>{_num(challenger.get(k))}</td></tr>"
+        for k in keys
+    )
     wins = {True: "the challenger wins (lower RMSE)", False: "the champion wins", None: "no known durations yet"}
     return f"""<h2>Shadow: challenger v{shadow["challenger_version"]}</h2>
 <p id="shadow-verdict">On the same {shadow["known_rows"]} trips with a known duration:

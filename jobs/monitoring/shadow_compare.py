@@ -45,7 +45,9 @@ def records(shadow: dict[str, Any] | None) -> list[dict[str, Any]]:
     }
     return [{"feature": "_shadow", "metric": name, "value": float(value)} for name, value in facts.items()] + [
         {"feature": "_shadow", "metric": f"shadow_{side}_{name}", "value": value}
-        for side in ("champion", "challenger") for name, value in shadow[side].items()]  # fmt: skip
+        for side in ("champion", "challenger")
+        for name, value in shadow[side].items()
+    ]
 
 
 def weeks_won(drift_rows, version: int, weeks: int) -> tuple[bool, str]:
@@ -54,13 +56,20 @@ def weeks_won(drift_rows, version: int, weeks: int) -> tuple[bool, str]:
     facts = drift_rows[drift_rows.metric.isin(["shadow_challenger_version", "shadow_challenger_wins"])]
     table = facts.pivot_table(index="week", columns="metric", values="value", aggfunc="last").sort_index()
     latest = table.tail(weeks)
-    won = [w for w, r in latest.iterrows() if r.get("shadow_challenger_version") == version
-           and r.get("shadow_challenger_wins") == 1.0]  # fmt: skip
+    won = [
+        w
+        for w, r in latest.iterrows()
+        if r.get("shadow_challenger_version") == version and r.get("shadow_challenger_wins") == 1.0
+    ]
     if len(latest) == weeks and len(won) == weeks:
         return True, f"v{version} won in shadow in each of the latest {weeks} weeks ({', '.join(won)})"
-    shown = ", ".join(f"{w}: v{r.get('shadow_challenger_version', float('nan')):.0f} "
-                      f"{'won' if r.get('shadow_challenger_wins') == 1.0 else 'lost'}"
-                      for w, r in latest.iterrows())  # fmt: skip
-    return False, (f"v{version} must win in shadow in each of the latest {weeks} monitored weeks "
-                   f"(train.promote_after_shadow_weeks); found {shown or 'no shadow weeks'}: put it in shadow with "
-                   f"`taxi shadow --version {version}` and monitor more weeks")  # fmt: skip
+    shown = ", ".join(
+        f"{w}: v{r.get('shadow_challenger_version', float('nan')):.0f} "
+        f"{'won' if r.get('shadow_challenger_wins') == 1.0 else 'lost'}"
+        for w, r in latest.iterrows()
+    )
+    return False, (
+        f"v{version} must win in shadow in each of the latest {weeks} monitored weeks "
+        f"(train.promote_after_shadow_weeks); found {shown or 'no shadow weeks'}: put it in shadow with "
+        f"`taxi shadow --version {version}` and monitor more weeks"
+    )

@@ -22,7 +22,6 @@ CALENDAR = frozenset({"pickup_hour", "hour_of_week", "day_of_week", "is_holiday"
 PIPELINE_STATE = frozenset({"hist_level", "hist_trip_count"})
 RULE = {"continuous": "psi", "categorical": "js_distance"}
 EPS = 1e-4
-VERDICTS = ("ok", "drift", "error", "in_sample")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,8 +53,13 @@ def js_distance(reference: Sequence[float], current: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics and rules
 # ---------------------------------------------------------------------------------------------------------------
-def drift_metrics(specs, ref_counts, cur_counts, ref_sample: Mapping[str, Sequence[float]] | None = None,
-                  cur_sample: Mapping[str, Sequence[float]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def drift_metrics(
+    specs,
+    ref_counts,
+    cur_counts,
+    ref_sample: Mapping[str, Sequence[float]] | None = None,
+    cur_sample: Mapping[str, Sequence[float]] | None = None,
+) -> list[dict[str, Any]]:
     """One record per feature and metric: psi, js_distance (all), ks, wasserstein (continuous, on samples)."""
     from scipy import stats
 
@@ -112,8 +116,9 @@ def judge_features(specs: list[BinSpec], records, ref_counts, settings: Settings
     return out
 
 
-def verdict(judgements, perf: Mapping[str, float], ref_perf: Mapping[str, float], settings: Settings,
-            in_sample: bool = False) -> dict[str, Any]:  # fmt: skip
+def verdict(
+    judgements, perf: Mapping[str, float], ref_perf: Mapping[str, float], settings: Settings, in_sample: bool = False
+) -> dict[str, Any]:
     """The week's verdict: ``error`` (accuracy breach) outranks ``drift``; ``in_sample`` when the scoring model
     trained on the week's month (no verdict on data a model has seen)."""
     m = settings.monitor

@@ -56,8 +56,13 @@ def build(settings: Settings, workload: str, rebuild: bool = False, timeout_s: f
     partial.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="taxi-class-archive-") as scratch:
         env = {**os.environ, "TAXI_LAKEHOUSE": str(Path(scratch) / "lakehouse")}
-        out = subprocess.run([sys.executable, "-m", "jobs.platform.class_archive", str(partial), scratch], env=env,
-                             capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "jobs.platform.class_archive", str(partial), scratch],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if out.returncode != 0:
             raise TaxiError(f"the class archive's workload failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         # The JVM dumps the archive in its exit path, after the Python process that drove it has gone.
@@ -73,5 +78,7 @@ def build(settings: Settings, workload: str, rebuild: bool = False, timeout_s: f
 
 def dump_options(partial: Path) -> dict[str, str]:
     """Spark conf for the workload's driver: dump the classes it loaded into ``partial`` when the JVM exits."""
-    return {"spark.driver.defaultJavaOptions": f"-XX:ArchiveClassesAtExit={partial} {QUIET}",
-            "spark.ui.enabled": "false"}  # fmt: skip
+    return {
+        "spark.driver.defaultJavaOptions": f"-XX:ArchiveClassesAtExit={partial} {QUIET}",
+        "spark.ui.enabled": "false",
+    }

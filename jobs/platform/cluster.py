@@ -48,14 +48,23 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> int:
     return proc.pid
 
 
-def start(workers: int = 2, cores: int = 1, memory: str = "2g", host: str = "127.0.0.1", port: int = 7077,
-          timeout_s: float = 60) -> dict:  # fmt: skip
+def start(
+    workers: int = 2,
+    cores: int = 1,
+    memory: str = "2g",
+    host: str = "127.0.0.1",
+    port: int = 7077,
+    timeout_s: float = 60,
+) -> dict:
     if _port_open(host, port):
         raise TaxiError(f"something already listens on {host}:{port}: `taxi cluster stop` first")
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": host, "PYSPARK_PYTHON": sys.executable}
     master = f"spark://{host}:{port}"
-    _spawn("master", ["org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port),
-                      "--webui-port", "18080"], env)  # fmt: skip
+    _spawn(
+        "master",
+        ["org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port), "--webui-port", "18080"],
+        env,
+    )
     deadline = time.monotonic() + timeout_s
     while not _port_open(host, port):
         if time.monotonic() > deadline:
@@ -63,9 +72,24 @@ def start(workers: int = 2, cores: int = 1, memory: str = "2g", host: str = "127
         time.sleep(0.5)
     for i in range(1, workers + 1):
         work_dir = STATE / f"worker-{i}-work"
-        _spawn(f"worker-{i}", ["org.apache.spark.deploy.worker.Worker", master, "--cores", str(cores), "--memory",
-                               memory, "--host", host, "--work-dir", str(work_dir), "--webui-port", str(18080 + i)],
-               env)  # fmt: skip
+        _spawn(
+            f"worker-{i}",
+            [
+                "org.apache.spark.deploy.worker.Worker",
+                master,
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--host",
+                host,
+                "--work-dir",
+                str(work_dir),
+                "--webui-port",
+                str(18080 + i),
+            ],
+            env,
+        )
     wait_for_workers(host, workers, deadline)
     return {"master": master, "workers": workers, "cores_per_worker": cores, "logs": str(STATE)}
 

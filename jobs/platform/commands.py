@@ -75,8 +75,11 @@ def register(commands) -> None:
     p.set_defaults(func=cluster)
 
     p = commands.add_parser("jars", help="resolve the Delta/SynapseML JARs into the cache and print them (for --jars)")
-    p.add_argument("--object-store", action="store_true",
-                   help="add the S3 connector (spark.object_store_packages), as an s3a:// lakehouse does")  # fmt: skip
+    p.add_argument(
+        "--object-store",
+        action="store_true",
+        help="add the S3 connector (spark.object_store_packages), as an s3a:// lakehouse does",
+    )
     p.set_defaults(func=jars)
 
     p = commands.add_parser("sql", help="register every lakehouse table as taxi.<name> and run a Spark SQL query")

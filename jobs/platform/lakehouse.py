@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from jobs.platform import storage
+from jobs.platform import sql, storage
 from jobs.platform.config import Settings
 from jobs.platform.errors import InputError, MissingUpstream
 
@@ -62,12 +62,13 @@ def delta_rs(settings: Settings, table: Table, version: int | None = None):
     return storage.delta_table(table.location(settings), **({} if version is None else {"version": version}))
 
 
-def _literal(value) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def query(settings: Settings, table: Table, columns: list[str] | None = None,
-          filters: list[tuple[str, str, object]] | None = None, version: int | None = None):  # fmt: skip
+def query(
+    settings: Settings,
+    table: Table,
+    columns: list[str] | None = None,
+    filters: list[tuple[str, str, object]] | None = None,
+    version: int | None = None,
+):
     """Rows of a table as pandas, without a JVM: ``filters`` are ``(column, "=" | "in", value)`` conjunctions.
 
     Through delta-rs's own query engine (DataFusion) rather than its pyarrow dataset, whose object-store reads
@@ -79,14 +80,14 @@ def query(settings: Settings, table: Table, columns: list[str] | None = None,
     where = []
     for column, op, value in filters or []:
         if op == "=":
-            where.append(f'"{column}" = {_literal(value)}')
+            where.append(f'"{column}" = {sql.ansi_literal(value)}')
         elif op == "in":
-            where.append(f'"{column}" IN ({", ".join(_literal(v) for v in value)})' if value else "false")
+            where.append(f'"{column}" IN ({", ".join(sql.ansi_literal(v) for v in value)})' if value else "false")
         else:
             raise ValueError(f"unsupported filter operator {op!r}")
     select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
-    sql = f"SELECT {select} FROM t" + (f" WHERE {' AND '.join(where)}" if where else "")
-    reader = QueryBuilder().register("t", delta_rs(settings, table, version)).execute(sql)
+    statement = f"SELECT {select} FROM t" + (f" WHERE {' AND '.join(where)}" if where else "")
+    reader = QueryBuilder().register("t", delta_rs(settings, table, version)).execute(statement)
     table = pa.table(reader.read_all())  # an Arrow C stream (arro3) -> pyarrow
     # DataFusion answers with string views, which pandas cannot take inside lists: plain strings instead.
     plain = pa.schema([f.with_type(_without_views(f.type)) for f in table.schema])
@@ -114,9 +115,7 @@ def column_names(settings: Settings, table: Table) -> set[str]:
 
 
 def partition_predicate(service: str, month: str | None = None) -> str:
-    # Both values are validated by the CLI (service from a fixed set, month as YYYY-MM) before they get here.
-    pred = f"service = '{service}'"
-    return pred if month is None else f"{pred} AND month = '{month}'"
+    return sql.matches(service=service) if month is None else sql.matches(service=service, month=month)
 
 
 def version_written(spark, settings: Settings, table: Table, run_id: str) -> int:
@@ -172,8 +171,10 @@ def check_wall_clock(df, settings: Settings, table: Table) -> None:
     stored = dict(df.sparkSession.read.format("delta").load(table.path(settings)).dtypes)
     old = [c for c in WALL_CLOCK if stored.get(c) == "timestamp"]
     if old:
-        raise InputError(f"table {table.relpath} stores {', '.join(old)} as TIMESTAMP (an instant), from before "
-                         "trip times became wall-clock TIMESTAMP_NTZ: run `taxi migrate-timestamps` once")  # fmt: skip
+        raise InputError(
+            f"table {table.relpath} stores {', '.join(old)} as TIMESTAMP (an instant), from before "
+            "trip times became wall-clock TIMESTAMP_NTZ: run `taxi migrate-timestamps` once"
+        )
 
 
 def migrate_wall_clock(spark, settings: Settings) -> dict[str, dict]:
@@ -198,8 +199,13 @@ def migrate_wall_clock(spark, settings: Settings) -> dict[str, dict]:
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.feature.timestampNtz' = 'supported')")
         migrated = df.select(*[F.col(c).cast("timestamp_ntz").alias(c) if c in old else F.col(c) for c in df.columns])
         # The whole table, so static overwrite (the session's dynamic mode cannot change a schema).
-        writer = (migrated.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
-                  .option("overwriteSchema", "true").option("userMetadata", run_id))  # fmt: skip
+        writer = (
+            migrated.write.format("delta")
+            .mode("overwrite")
+            .option("partitionOverwriteMode", "static")
+            .option("overwriteSchema", "true")
+            .option("userMetadata", run_id)
+        )
         (writer.partitionBy(*table.partition_by) if table.partition_by else writer).save(path)
         changed[table.key] = {"version": version_written(spark, settings, table, run_id), "columns": old}
     return changed
@@ -226,8 +232,9 @@ def replace_where(df, settings: Settings, table: Table, run_id: str, predicate: 
     return version_written(df.sparkSession, settings, table, run_id)
 
 
-def replace_partition(df, settings: Settings, table: Table, run_id: str, service: str, month: str,
-                      merge_schema: bool = False) -> int:  # fmt: skip
+def replace_partition(
+    df, settings: Settings, table: Table, run_id: str, service: str, month: str, merge_schema: bool = False
+) -> int:
     """Atomically replace one (service, month) partition with ``df``; returns the Delta version written."""
     return replace_where(df, settings, table, run_id, partition_predicate(service, month), merge_schema)
 
@@ -236,12 +243,20 @@ def append(df, settings: Settings, table: Table, run_id: str, merge_schema: bool
     """Append rows as one commit (run logs, drift rows); returns the Delta version written. ``merge_schema`` lets
     a newer job add columns to a table an older one wrote."""
     check_wall_clock(df, settings, table)
-    writer = (df.write.format("delta").mode("append").option("userMetadata", run_id)
-              .option("mergeSchema", str(merge_schema).lower()))  # fmt: skip
+    writer = (
+        df.write.format("delta")
+        .mode("append")
+        .option("userMetadata", run_id)
+        .option("mergeSchema", str(merge_schema).lower())
+    )
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
-    retry_on_conflict(lambda: writer.save(table.path(settings)), table.relpath, settings.writes.conflict_retries,
-                      settings.writes.conflict_backoff_s)  # fmt: skip
+    retry_on_conflict(
+        lambda: writer.save(table.path(settings)),
+        table.relpath,
+        settings.writes.conflict_retries,
+        settings.writes.conflict_backoff_s,
+    )
     return version_written(df.sparkSession, settings, table, run_id)
 
 

@@ -32,7 +32,6 @@ TRIP_COLUMNS: list[tuple[str, str]] = [
     ("airport_fee", "double"),
     ("cbd_congestion_fee", "double"),
 ]
-TRIP_TYPES = dict(TRIP_COLUMNS)
 
 # Metadata columns ingest adds to every row.
 META_COLUMNS: list[tuple[str, str]] = [
@@ -58,21 +57,6 @@ RAW_ALIASES = {
 
 # Columns without which a file is not a TLC trip file at all (ingest refuses it).
 REQUIRED_RAW = ("pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")
-
-# Columns each service's releases carry (file-level schema rules check these on the landed raw file).
-SERVICE_COLUMNS = {
-    "green": [
-        "VendorID", "pickup_datetime", "dropoff_datetime", "store_and_fwd_flag", "RatecodeID", "PULocationID",
-        "DOLocationID", "passenger_count", "trip_distance", "fare_amount", "extra", "mta_tax", "tip_amount",
-        "tolls_amount", "ehail_fee", "improvement_surcharge", "total_amount", "payment_type", "trip_type",
-        "congestion_surcharge",
-    ],
-    "yellow": [
-        "VendorID", "pickup_datetime", "dropoff_datetime", "passenger_count", "trip_distance", "RatecodeID",
-        "store_and_fwd_flag", "PULocationID", "DOLocationID", "payment_type", "fare_amount", "extra", "mta_tax",
-        "tip_amount", "tolls_amount", "improvement_surcharge", "total_amount",
-    ],
-}  # fmt: skip
 
 
 def canonical_name(raw: str) -> str | None:

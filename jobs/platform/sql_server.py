@@ -31,7 +31,6 @@ from jobs.platform.errors import TaxiError
 from jobs.platform.log import JobLog
 
 STATE = PROJECT_ROOT / ".cache" / "sql-server"
-SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 
 
 def _loopback(host: str) -> bool:
@@ -167,15 +166,24 @@ def start(settings: Settings, host: str, port: int, timeout_s: float) -> dict[st
     jars = ensure_jars(settings)
     command = [
         str(spark_home() / "bin" / "spark-submit"),
-        "--master", settings.spark.master,
-        "--name", "taxi-sql-server",
-        "--jars", ",".join(jars),
+        "--master",
+        settings.spark.master,
+        "--name",
+        "taxi-sql-server",
+        "--jars",
+        ",".join(jars),
         # Also on the driver's own class path: HiveServer2 opens each client session on a thread whose class loader
         # does not see --jars, and the session's catalog (Delta's) would not load.
-        "--driver-class-path", os.pathsep.join(jars),
+        "--driver-class-path",
+        os.pathsep.join(jars),
         str(Path(__file__).resolve().parents[1] / "entry" / "submit.py"),
-        "sql-server", "serve", "--host", host, "--port", str(port),
-    ]  # fmt: skip
+        "sql-server",
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     log_path = home / "server.log"
     with log_path.open("ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)

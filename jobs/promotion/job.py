@@ -18,7 +18,7 @@ from jobs.models.metrics import regression_metrics
 from jobs.models.prediction import predict_minutes
 from jobs.models.registry import load_registered
 from jobs.monitoring.shadow_compare import weeks_won
-from jobs.platform import lakehouse
+from jobs.platform import lakehouse, sql
 from jobs.platform.config import Settings
 from jobs.platform.errors import InputError
 from jobs.platform.log import JobLog
@@ -32,7 +32,7 @@ def unseen_month(spark, settings: Settings, service: str, versions) -> str | Non
     row = (
         lakehouse.read(spark, settings, lakehouse.FEATURES)
         .where(lakehouse.partition_predicate(service))
-        .where(f"month > '{seen}'")
+        .where(sql.after("month", seen))
         .agg({"month": "max"})
         .first()
     )
@@ -52,15 +52,19 @@ def comparison(spark, settings: Settings, service: str, target, current) -> dict
     month = unseen_month(spark, settings, service, [target, current])
     if month:
         return registry.gate_report(
-            settings, side(target, rmse_on(spark, settings, service, target, month)),
-            side(current, rmse_on(spark, settings, service, current, month)), month,
+            settings,
+            side(target, rmse_on(spark, settings, service, target, month)),
+            side(current, rmse_on(spark, settings, service, current, month)),
+            month,
             "newest month with features: unseen by both versions",
-        )  # fmt: skip
+        )
     return registry.gate_report(
-        settings, side(target, registry.validation_rmse(target)), side(current, registry.validation_rmse(current)),
+        settings,
+        side(target, registry.validation_rmse(target)),
+        side(current, registry.validation_rmse(current)),
         f"{target.tags.get('valid_month')} vs {current.tags.get('valid_month')}",
         "each version's recorded validation RMSE (different months: no month with features is unseen by both yet)",
-    )  # fmt: skip
+    )
 
 
 def require_shadow_wins(settings: Settings, service: str, version: int, weeks: int) -> None:
@@ -70,9 +74,11 @@ def require_shadow_wins(settings: Settings, service: str, version: int, weeks: i
         only = [("service", "=", service), ("feature", "=", "_shadow")]
         rows = lakehouse.query(settings, lakehouse.DRIFT, ["week", "metric", "value"], only)
     if rows is None or rows.empty:
-        raise InputError(f"{settings.registered_model(service)} v{version}: promotion needs {weeks} monitored weeks "
-                         f"of shadow wins (train.promote_after_shadow_weeks); no week ran a shadow yet: put it in "
-                         f"shadow with `taxi shadow --service {service} --version {version}`")  # fmt: skip
+        raise InputError(
+            f"{settings.registered_model(service)} v{version}: promotion needs {weeks} monitored weeks "
+            f"of shadow wins (train.promote_after_shadow_weeks); no week ran a shadow yet: put it in "
+            f"shadow with `taxi shadow --service {service} --version {version}`"
+        )
     enough, why = weeks_won(rows, version, weeks)
     if not enough:
         raise InputError(f"{settings.registered_model(service)}: {why}")
@@ -85,8 +91,9 @@ def run(spark, settings: Settings, service: str, version: int | None = None, rol
     current = registry.champion(settings, service)
     if rollback:
         if current is None or not current.tags.get("previous_champion"):
-            raise InputError(f"{settings.registered_model(service)}: the champion has no previous champion to roll "
-                             "back to")  # fmt: skip
+            raise InputError(
+                f"{settings.registered_model(service)}: the champion has no previous champion to roll back to"
+            )
         version = int(current.tags["previous_champion"])
     target = registry.version(settings, service, version)
     action = "rollback" if rollback else "promote"
@@ -98,8 +105,9 @@ def run(spark, settings: Settings, service: str, version: int | None = None, rol
     report = comparison(spark, settings, service, target, current) if current is not None else None
     exp = experiment_id(settings, f"promote-{service}")
     with mlflow.start_run(experiment_id=exp, run_name=f"{service}-{action}-v{target.version}") as run_:
-        mlflow.log_params({"action": action, "from_version": current.version if current else "none",
-                           "to_version": target.version})  # fmt: skip
+        mlflow.log_params(
+            {"action": action, "from_version": current.version if current else "none", "to_version": target.version}
+        )
         if report:
             mlflow.log_dict(report, registry.GATE_REPORT)
     registry.set_champion(settings, service, target.version, current.version if current else None)

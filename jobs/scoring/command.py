@@ -8,9 +8,13 @@ from jobs.platform.arguments import add_service_month, add_version_or, with_spar
 def score(settings, args):
     from jobs.scoring import job
 
-    return with_spark(settings, args.command, lambda s: job.run(s, settings, args.service, args.month,
-                                                                args.model_alias, args.model_version,
-                                                                args.skip_if_no_model))  # fmt: skip
+    return with_spark(
+        settings,
+        args.command,
+        lambda s: job.run(
+            s, settings, args.service, args.month, args.model_alias, args.model_version, args.skip_if_no_model
+        ),
+    )
 
 
 def shadow(settings, args):
@@ -30,8 +34,11 @@ def register(commands) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model-alias", help="registry alias to score with (default: score.model_alias)")
     which.add_argument("--model-version", type=int, help="registry version number to score with")
-    p.add_argument("--skip-if-no-model", action="store_true",
-                   help="exit 0 without scoring when the registry has no such model yet (first months of a backfill)")
+    p.add_argument(
+        "--skip-if-no-model",
+        action="store_true",
+        help="exit 0 without scoring when the registry has no such model yet (first months of a backfill)",
+    )
     p.set_defaults(func=score)
 
     p = commands.add_parser(
@@ -41,6 +48,10 @@ def register(commands) -> None:
         "gold/shadow_predictions (same trips; BI tools read gold/predictions, which holds only the champion's rows), "
         "and the weekly monitor compares both on the same trips.",
     )
-    add_version_or(p, "the registered version to score in shadow (not the champion)", "--stop",
-                   "remove the challenger: no more shadow scoring")  # fmt: skip
+    add_version_or(
+        p,
+        "the registered version to score in shadow (not the champion)",
+        "--stop",
+        "remove the challenger: no more shadow scoring",
+    )
     p.set_defaults(func=shadow)

@@ -26,15 +26,16 @@ def run(settings: Settings, service: str, version: int | None = None, stop: bool
     current = registry.challenger(settings, service)
     if stop:
         if current is not None:
-            registry.client().delete_registered_model_alias(name, registry.CHALLENGER)
+            registry.remove_challenger(settings, service)
         log.info("done", stopped=current.version if current else "none")
         return {"challenger_version": None, "stopped_version": int(current.version) if current else None}
     target = registry.version(settings, service, version)
     champion = registry.champion(settings, service)
     if champion is not None and str(champion.version) == str(target.version):
-        raise InputError(f"{name} v{target.version} is the champion: shadow a version that is not (the champion is "
-                         "scored anyway)")  # fmt: skip
-    registry.client().set_registered_model_alias(name, registry.CHALLENGER, str(target.version))
+        raise InputError(
+            f"{name} v{target.version} is the champion: shadow a version that is not (the champion is scored anyway)"
+        )
+    registry.set_challenger(settings, service, target.version)
     log.info("done", challenger=target.version, champion=champion.version if champion else "none")
     return {
         "challenger_version": int(target.version),

@@ -68,8 +68,10 @@ def trained_how(candidate) -> str:
         return "mean on the log scale of " + " + ".join(m.name for m in candidate.members)
     info = candidate.fit_info
     if "sample_rows" in info:
-        return (f"driver, {info['sample_rows']:,} of {info['window_rows']:,} rows, {info['epochs_run']} epochs "
-                f"(best {info['best_epoch']})")  # fmt: skip
+        return (
+            f"driver, {info['sample_rows']:,} of {info['window_rows']:,} rows, {info['epochs_run']} epochs "
+            f"(best {info['best_epoch']})"
+        )
     return f"Spark, {candidate.train_tasks} barrier tasks" + (
         ", continues the champion" if candidate.warm_start else ""
     )
@@ -154,8 +156,9 @@ def render(report: dict[str, Any]) -> str:
     margin = (
         f" It beats the next candidate, {html.escape(runner_up['name'])}, by "
         f"{runner_up['metrics']['rmse'] - chosen['metrics']['rmse']:.3f} min RMSE."
-        if runner_up else ""
-    )  # fmt: skip
+        if runner_up
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Bake-off {html.escape(report["service"])} {html.escape(report["valid_month"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:1em 0}}
@@ -187,8 +190,10 @@ def _model_notes(rows: list[dict[str, Any]]) -> str:
     learners = {r["learner"] for r in rows}
     notes = ""
     if "deep" in learners:
-        notes += (" The deep network trains on the driver from a bounded sample of the training months and stops early"
-                  " on a random holdout of that sample (the trained column says how many rows).")  # fmt: skip
+        notes += (
+            " The deep network trains on the driver from a bounded sample of the training months and stops early"
+            " on a random holdout of that sample (the trained column says how many rows)."
+        )
     if "ensemble" in learners:
         notes += " The ensemble is scored as one model on the same month; its fit time is its members'."
     return notes

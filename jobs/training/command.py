@@ -26,8 +26,12 @@ def register(commands) -> None:
         "validation month the champion has already seen registers nothing (exit 0).",
     )
     add_service(p)
-    p.add_argument("--until", required=True, type=month_or_latest,
-                   help="last month of the window, YYYY-MM, or 'latest' (the newest month in silver/features)")
+    p.add_argument(
+        "--until",
+        required=True,
+        type=month_or_latest,
+        help="last month of the window, YYYY-MM, or 'latest' (the newest month in silver/features)",
+    )
     p.add_argument("--months", type=int, help="window length in months (default: train.months)")
     p.add_argument(
         "--force",

@@ -41,8 +41,13 @@ CATEGORIES = [
     ("hist_level", 8, 0.125),
 ]
 # Heavy-tailed numbers enter as log1p(max(x, 0)).
-LOG_SCALED = {"trip_distance", "centroid_distance_km", "hist_median_duration_min", "hist_median_speed_mph",
-              "hist_trip_count"}  # fmt: skip
+LOG_SCALED = {
+    "trip_distance",
+    "centroid_distance_km",
+    "hist_median_duration_min",
+    "hist_median_speed_mph",
+    "hist_trip_count",
+}
 NUMBERS = [c for c in MODEL_FEATURES if c not in {name for name, _, _ in CATEGORIES}]
 
 
@@ -66,13 +71,16 @@ def build(cfg: DeepConfig, matrix, target_mean: float):
     layers = k.layers
     x = k.Input(shape=(len(MODEL_FEATURES),), dtype="float32", name="features")
     numbers = _LAYERS["Standardize"](*number_statistics(matrix), name="numbers")(x)
-    index = {name: _LAYERS["CategoryIndex"](MODEL_FEATURES.index(name), size, name=f"{name}_index")(x)
-             for name, size, _ in CATEGORIES}  # fmt: skip
+    index = {
+        name: _LAYERS["CategoryIndex"](MODEL_FEATURES.index(name), size, name=f"{name}_index")(x)
+        for name, size, _ in CATEGORIES
+    }
     embedded = [
-        layers.Flatten()(layers.Embedding(size + 1, max(2, round(cfg.zone_embedding * share)), name=f"{name}_emb")(
-            index[name]))
+        layers.Flatten()(
+            layers.Embedding(size + 1, max(2, round(cfg.zone_embedding * share)), name=f"{name}_emb")(index[name])
+        )
         for name, size, share in CATEGORIES
-    ]  # fmt: skip
+    ]
     deep = layers.Concatenate()([numbers, *embedded])
     for width in cfg.hidden:
         deep = layers.Dense(width, activation="relu")(deep)
@@ -80,12 +88,18 @@ def build(cfg: DeepConfig, matrix, target_mean: float):
             deep = layers.Dropout(cfg.dropout)(deep)
     deep = layers.Dense(1, name="deep")(deep)
     pair = _LAYERS["ZonePair"](ZONES, name="zone_pair")(index["PULocationID"], index["DOLocationID"])
-    wide_pair = layers.Flatten()(layers.Embedding((ZONES + 1) ** 2, 1, embeddings_initializer="zeros",
-                                                  name="zone_pair_weight")(pair))  # fmt: skip
+    wide_pair = layers.Flatten()(
+        layers.Embedding((ZONES + 1) ** 2, 1, embeddings_initializer="zeros", name="zone_pair_weight")(pair)
+    )
     wide_numbers = layers.Dense(1, name="wide_numbers")(numbers)
     out = layers.Add()([deep, wide_pair, wide_numbers])
-    out = layers.Dense(1, kernel_initializer="ones", bias_initializer=k.initializers.Constant(target_mean),
-                       trainable=True, name="log_minutes")(out)  # fmt: skip
+    out = layers.Dense(
+        1,
+        kernel_initializer="ones",
+        bias_initializer=k.initializers.Constant(target_mean),
+        trainable=True,
+        name="log_minutes",
+    )(out)
     return k.Model(x, layers.Reshape(())(out), name="wide_and_deep")
 
 
@@ -116,10 +130,23 @@ def fit_deep(rows, cfg: DeepConfig, seed: int) -> tuple[NativeModel, dict]:
     network = build(cfg, matrix[~holdout], float(target[~holdout].mean()))
     network.compile(optimizer=k.optimizers.Adam(cfg.learning_rate), loss="mse")
     stop = k.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
-    history = network.fit(matrix[~holdout], target[~holdout], validation_data=(matrix[holdout], target[holdout]),
-                          epochs=cfg.epochs, batch_size=cfg.batch_size, callbacks=[stop], verbose=0)  # fmt: skip
+    history = network.fit(
+        matrix[~holdout],
+        target[~holdout],
+        validation_data=(matrix[holdout], target[holdout]),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        callbacks=[stop],
+        verbose=0,
+    )
     losses = history.history["val_loss"]
-    info = {"sample_rows": int(len(matrix)), "window_rows": int(total), "epochs_run": len(losses),
-            "best_epoch": int(np.argmin(losses)) + 1, "holdout_rmse_log": float(np.sqrt(min(losses))),
-            "params": int(network.count_params()), "fit_seconds": time.monotonic() - started}  # fmt: skip
+    info = {
+        "sample_rows": int(len(matrix)),
+        "window_rows": int(total),
+        "epochs_run": len(losses),
+        "best_epoch": int(np.argmin(losses)) + 1,
+        "holdout_rmse_log": float(np.sqrt(min(losses))),
+        "params": int(network.count_params()),
+        "fit_seconds": time.monotonic() - started,
+    }
     return NativeModel.from_keras(network), info

@@ -52,8 +52,10 @@ def calibrate(scored, coverage: float) -> tuple[float, dict[str, Any]]:
     from pyspark.sql import functions as F
 
     y = F.log1p(F.col(TARGET))
-    scores = scored.select(F.greatest(F.col(Q_LO) - y, y - F.col(Q_HI)).alias("score"),
-                           ((y >= F.col(Q_LO)) & (y <= F.col(Q_HI))).cast("double").alias("inside"))  # fmt: skip
+    scores = scored.select(
+        F.greatest(F.col(Q_LO) - y, y - F.col(Q_HI)).alias("score"),
+        ((y >= F.col(Q_LO)) & (y <= F.col(Q_HI))).cast("double").alias("inside"),
+    )
     n, raw = scores.agg(F.count("*"), F.avg("inside")).first()
     level = finite_sample_level(int(n), coverage)
     offset = scores.agg(F.percentile_approx("score", level, 10_000_000)).first()[0]
@@ -76,15 +78,37 @@ def train_interval(mlflow, train, valid, settings, workers: int, valid_month: st
     interval = IntervalModel(lower, upper, offset, coverage, {"month": valid_month, **facts})
     with mlflow.start_run(run_name="interval-cqr", nested=True):
         mlflow.set_tags({"learner": "lightgbm-quantile", "conformal": "cqr"})
-        mlflow.log_params({"coverage": coverage, "alphas": ",".join(map(str, quantile_alphas(coverage))),
-                           "calibration_month": valid_month, **{f"hp_{k}": v for k, v in params.items()}})  # fmt: skip
-        mlflow.log_metrics({"calibration_rows": facts["rows"], "conformal_offset": offset, "fit_seconds": seconds,
-                            "raw_coverage_calibration": facts["raw_coverage"],
-                            "coverage_calibration": facts["coverage"]})  # fmt: skip
-        interval.tags = {"interval_uri": log_interval(mlflow, interval), "interval_coverage": coverage,
-                         "interval_offset": round(offset, 6), "interval_calibration_month": valid_month,
-                         "interval_raw_coverage": round(facts["raw_coverage"], 4)}  # fmt: skip
-    log.info("interval", coverage=coverage, calibration_month=valid_month, offset=round(offset, 4),
-             raw_coverage=round(facts["raw_coverage"], 4), calibrated_coverage=round(facts["coverage"], 4),
-             fit_s=round(seconds, 1))  # fmt: skip
+        mlflow.log_params(
+            {
+                "coverage": coverage,
+                "alphas": ",".join(map(str, quantile_alphas(coverage))),
+                "calibration_month": valid_month,
+                **{f"hp_{k}": v for k, v in params.items()},
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "calibration_rows": facts["rows"],
+                "conformal_offset": offset,
+                "fit_seconds": seconds,
+                "raw_coverage_calibration": facts["raw_coverage"],
+                "coverage_calibration": facts["coverage"],
+            }
+        )
+        interval.tags = {
+            "interval_uri": log_interval(mlflow, interval),
+            "interval_coverage": coverage,
+            "interval_offset": round(offset, 6),
+            "interval_calibration_month": valid_month,
+            "interval_raw_coverage": round(facts["raw_coverage"], 4),
+        }
+    log.info(
+        "interval",
+        coverage=coverage,
+        calibration_month=valid_month,
+        offset=round(offset, 4),
+        raw_coverage=round(facts["raw_coverage"], 4),
+        calibrated_coverage=round(facts["coverage"], 4),
+        fit_s=round(seconds, 1),
+    )
     return interval

@@ -19,8 +19,9 @@ def learner_params(settings, learner: str) -> dict[str, Any]:
     return cfg.xgboost if learner == "xgboost" else cfg.lightgbm
 
 
-def fit_model(settings, learner: str, rows, params: dict[str, Any], workers: int, init: NativeModel | None = None,
-              assembled=None) -> tuple[NativeModel, dict[str, Any]]:  # fmt: skip
+def fit_model(
+    settings, learner: str, rows, params: dict[str, Any], workers: int, init: NativeModel | None = None, assembled=None
+) -> tuple[NativeModel, dict[str, Any]]:
     """One candidate's model fitted on ``rows`` (``assembled``: those rows already assembled, shared by candidates),
     continuing ``init`` when given; returns it with what the fit reports (the network's sample and epochs)."""
     seed = settings.train.seed

@@ -59,8 +59,12 @@ def refit(spark, mlflow, settings: Settings, best: Candidate, valid, workers: in
     ensemble refits each member and averages them again.
     """
     t = time.monotonic()
-    models = [fit_model(settings, m.learner, m.train_data.unionByName(valid), m.params, workers,
-                        champion if m.warm_start else None)[0] for m in best.members or [best]]  # fmt: skip
+    models = [
+        fit_model(
+            settings, m.learner, m.train_data.unionByName(valid), m.params, workers, champion if m.warm_start else None
+        )[0]
+        for m in best.members or [best]
+    ]
     model = NativeModel.ensemble(models) if best.members else models[0]
     seconds = time.monotonic() - t
     with mlflow.start_run(run_name=f"{best.name}-refit", nested=True) as child:
@@ -71,12 +75,29 @@ def refit(spark, mlflow, settings: Settings, best: Candidate, valid, workers: in
         mlflow.log_metrics({**{f"prerefit_{k}": v for k, v in best.metrics.items()}, "fit_seconds": seconds})
         uri = log_native_model(mlflow, model, valid.select(*MODEL_FEATURES).limit(5).toPandas())
     log.info("refit", name=best.name, fit_s=round(seconds, 1))
-    return Candidate(f"{best.name}-refit", best.learner, best.metrics, seconds, child.info.run_id, model, uri,
-                     best.warm_start, best.params)  # fmt: skip
+    return Candidate(
+        f"{best.name}-refit",
+        best.learner,
+        best.metrics,
+        seconds,
+        child.info.run_id,
+        model,
+        uri,
+        best.warm_start,
+        best.params,
+    )
 
 
-def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[str, Any], champion_now: tuple,
-         valid, valid_month: str) -> dict[str, Any]:  # fmt: skip
+def gate(
+    mlflow,
+    settings: Settings,
+    service: str,
+    best: Candidate,
+    tags: dict[str, Any],
+    champion_now: tuple,
+    valid,
+    valid_month: str,
+) -> dict[str, Any]:
     """Register the best learner; give it the champion alias only if it beats the champion by the margin.
 
     ``champion_now``: (the champion's model, its ModelVersion), both None before the first promotion."""
@@ -91,9 +112,10 @@ def gate(mlflow, settings: Settings, service: str, best: Candidate, tags: dict[s
         {"version": int(mv.version), "rmse": best.rmse, "trained_through": tags["trained_through"]},
         {"version": int(champion_mv.version), "rmse": champion_rmse, "trained_through": seen} if champion else None,
         valid_month,
-        "validation month: unseen by the candidate and the champion" if champion is None or (seen or "") < valid_month
+        "validation month: unseen by the candidate and the champion"
+        if champion is None or (seen or "") < valid_month
         else "validation month: seen by the champion (--force)",
-    )  # fmt: skip
+    )
     mlflow.log_dict(report, registry.GATE_REPORT)
     name = settings.registered_model(service)
     if report["passes"]:

@@ -92,6 +92,17 @@ def truncated(booster, learner: str, rounds: int) -> NativeModel:
     return NativeModel("lightgbm", booster.model_to_string(num_iteration=rounds))
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where a search runs: the session, the settings, the training run it logs under, its workers and log."""
+
+    spark: Any
+    settings: Settings
+    parent_run: Any
+    workers: int
+    log: Any
+
+
 def tune_learners(spark, settings: Settings, train, train_months: list[str], workers: int, parent_run, log):
     """{learner: TuneResult} for each of ``train.learners`` when a search is asked for (trials or minutes), else {}."""
     import mlflow
@@ -99,10 +110,10 @@ def tune_learners(spark, settings: Settings, train, train_months: list[str], wor
     tcfg = settings.train.tune
     if not (tcfg.trials or tcfg.minutes):
         return {}
+    search = Search(spark, settings, parent_run, workers, log)
     out = {}
     for learner in [x for x in settings.train.learners if x in ROUNDS]:  # the boosters: the network is not searched
-        out[learner] = tune(spark, settings, learner, train, train_months, tcfg.trials or None, tcfg.minutes, workers,
-                            parent_run, log)  # fmt: skip
+        out[learner] = tune(search, learner, train, train_months, tcfg.trials or None, tcfg.minutes)
         mlflow.log_metric(f"tuning_rmse_{learner}", out[learner].tuning_rmse)
     return out
 
@@ -112,56 +123,88 @@ def tuning_month(train_months: list[str], tuned: dict[str, TuneResult]) -> str |
     return train_months[-1] if tuned else None
 
 
-def tune(spark, settings: Settings, learner: str, train, train_months: list[str], trials: int | None,
-         minutes: float | None, workers: int, parent_run, log) -> TuneResult:  # fmt: skip
+def tune(
+    search: Search, learner: str, train, train_months: list[str], trials: int | None, minutes: float | None
+) -> TuneResult:
     """Search ``train.tune.space[learner]`` for ``trials`` trials or ``minutes``, whichever ends first."""
-    import mlflow
     import optuna
 
-    cfg, tcfg = settings.train, settings.train.tune
+    cfg, tcfg = search.settings.train, search.settings.train.tune
     base = dict(cfg.xgboost if learner == "xgboost" else cfg.lightgbm)
     space = tcfg.space.get(learner) or {}
     if not space:
         raise InputError(f"--tune: train.tune.space has no search space for {learner}")
-    ceiling = int(base.get(ROUNDS[learner], 100))
     rows, tuning_month = tuning_split(train, train_months)
     data = assemble(rows, extra=(TUNE_FLAG,)).cache()
     holdout = rows.where(TUNE_FLAG).cache()
-    slots = max(1, workers // tcfg.parallel_trials)
-    fit = fit_xgboost if learner == "xgboost" else fit_lightgbm
-    client = mlflow.MlflowClient()
-    records: list[dict[str, Any]] = []
-
-    def objective(trial) -> float:
-        params = {**base, **suggest(trial, space)}
-        group = f"tune-{learner}-{parent_run.info.run_id[:8]}-{trial.number}"
-        spark.sparkContext.setJobGroup(group, group)  # thread-local: each parallel trial has its own group
-        started = time.time()
-        booster = fit(data, {**params, **early_stopping_params(learner, tcfg.early_stopping_rounds)}, slots, cfg.seed)
-        rounds = best_rounds(booster, learner, ceiling, tcfg.early_stopping_rounds)
-        model = truncated(booster, learner, rounds)
-        rmse = regression_metrics(predict_minutes(holdout, model, [TARGET]))["rmse"]
-        ended = time.time()
-        spark.sparkContext.setJobGroup("", "")
-        record = {"trial": trial.number, "rmse": rmse, "rounds": rounds, "workers": slots, "start": started,
-                  "end": ended, "params": {**suggest_only(params, space), ROUNDS[learner]: rounds}}  # fmt: skip
-        records.append(record)
-        log_trial(client, parent_run, learner, record)
-        log.info("trial", learner=learner, trial=trial.number, rmse=round(rmse, 4), rounds=rounds, workers=slots,
-                 seconds=round(ended - started, 1))  # fmt: skip
-        return rmse
-
+    objective = Objective(search, learner, base, space, data, holdout)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
     try:
-        study.optimize(objective, n_trials=trials, timeout=minutes * 60 if minutes else None,
-                       n_jobs=tcfg.parallel_trials)  # fmt: skip
+        study.optimize(
+            objective, n_trials=trials, timeout=minutes * 60 if minutes else None, n_jobs=tcfg.parallel_trials
+        )
     finally:
         data.unpersist()
         holdout.unpersist()
+    records = [t.user_attrs["record"] for t in study.trials if "record" in t.user_attrs]
     best = min(records, key=lambda r: r["rmse"])
-    return TuneResult(learner, {**base, **best["params"]}, best["rmse"], tuning_month,
-                      sorted(records, key=lambda r: r["trial"]))  # fmt: skip
+    return TuneResult(
+        learner, {**base, **best["params"]}, best["rmse"], tuning_month, sorted(records, key=lambda r: r["trial"])
+    )
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One trial: fit with the suggested parameters (early stopping on the tuning month), truncate to the best
+    round, score the holdout; the trial's record goes on the trial itself (``user_attrs``) and to MLflow."""
+
+    search: Search
+    learner: str
+    base: dict[str, Any]
+    space: dict[str, SearchDim]
+    data: Any  # the assembled rows, tuning month flagged
+    holdout: Any  # the tuning month's rows
+
+    def __call__(self, trial) -> float:
+        import mlflow
+
+        search, learner, tcfg = self.search, self.learner, self.search.settings.train.tune
+        spark = search.spark
+        slots = max(1, search.workers // tcfg.parallel_trials)
+        fit = fit_xgboost if learner == "xgboost" else fit_lightgbm
+        params = {**self.base, **suggest(trial, self.space)}
+        group = f"tune-{learner}-{search.parent_run.info.run_id[:8]}-{trial.number}"
+        spark.sparkContext.setJobGroup(group, group)  # thread-local: each parallel trial has its own group
+        started = time.time()
+        early = early_stopping_params(learner, tcfg.early_stopping_rounds)
+        booster = fit(self.data, {**params, **early}, slots, search.settings.train.seed)
+        ceiling = int(self.base.get(ROUNDS[learner], 100))
+        rounds = best_rounds(booster, learner, ceiling, tcfg.early_stopping_rounds)
+        rmse = regression_metrics(predict_minutes(self.holdout, truncated(booster, learner, rounds), [TARGET]))["rmse"]
+        ended = time.time()
+        spark.sparkContext.setJobGroup("", "")
+        record = {
+            "trial": trial.number,
+            "rmse": rmse,
+            "rounds": rounds,
+            "workers": slots,
+            "start": started,
+            "end": ended,
+            "params": {**suggest_only(params, self.space), ROUNDS[learner]: rounds},
+        }
+        trial.set_user_attr("record", record)
+        log_trial(mlflow.MlflowClient(), search.parent_run, learner, record)
+        search.log.info(
+            "trial",
+            learner=learner,
+            trial=trial.number,
+            rmse=round(rmse, 4),
+            rounds=rounds,
+            workers=slots,
+            seconds=round(ended - started, 1),
+        )
+        return rmse
 
 
 def suggest_only(params: dict[str, Any], space: dict[str, SearchDim]) -> dict[str, Any]:
@@ -180,8 +223,12 @@ def log_trial(client, parent_run, learner: str, record: dict[str, Any]) -> None:
         tags={MLFLOW_PARENT_RUN_ID: parent_run.info.run_id, "learner": learner, "tuning": "trial"},
     )
     now = int(record["end"] * 1000)
-    metrics = {"tuning_rmse": record["rmse"], "rounds": record["rounds"], "workers": record["workers"],
-               "fit_seconds": record["end"] - record["start"]}  # fmt: skip
+    metrics = {
+        "tuning_rmse": record["rmse"],
+        "rounds": record["rounds"],
+        "workers": record["workers"],
+        "fit_seconds": record["end"] - record["start"],
+    }
     client.log_batch(
         run.info.run_id,
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if not math.isnan(v)],

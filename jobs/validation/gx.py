@@ -101,8 +101,15 @@ class GxRunner:
         defs = {b.name: b for b in asset.batch_definitions}
         return defs.get("whole_month") or asset.add_batch_definition_whole_dataframe("whole_month")
 
-    def run(self, suite: Suite, df, params: dict[str, Any], run_name: str, skip_types: tuple[str, ...] = (),
-            max_failed_share: float | None = None):  # fmt: skip
+    def run(
+        self,
+        suite: Suite,
+        df,
+        params: dict[str, Any],
+        run_name: str,
+        skip_types: tuple[str, ...] = (),
+        max_failed_share: float | None = None,
+    ):
         """Run the suite on ``df`` through a checkpoint that rebuilds the Data Docs.
 
         With ``max_failed_share`` (the row suite), the month rule is part of the suite, so GX's status is the

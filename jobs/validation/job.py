@@ -15,16 +15,18 @@ checks that every compiled rule counts exactly the rows GX counted.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jobs.features import freshness
 from jobs.ingest import job as ingest
-from jobs.platform import lakehouse
+from jobs.platform import lakehouse, sql
 from jobs.platform.config import Settings
+from jobs.platform.context import RunContext
 from jobs.platform.errors import MissingUpstream, MonthRejected
-from jobs.platform.log import JobLog, spark_progress
-from jobs.platform.months import add_months, check_month, check_service
+from jobs.platform.log import spark_progress
+from jobs.platform.months import add_months, check_month
 from jobs.validation import overview as validation_overview
 from jobs.validation.gx import DOCS_INDEX, OVERVIEW, GxRunner, gx_project, published_root
 from jobs.validation.suites import Suite
@@ -131,7 +133,7 @@ def previous_month_rows(spark, settings: Settings, service: str, month: str) -> 
     prev = (
         lakehouse.read(spark, settings, lakehouse.VALIDATION_RUNS)
         .where(lakehouse.partition_predicate(service))
-        .where(f"month = '{add_months(month, -1)}' AND verdict = 'passed'")
+        .where(sql.matches(month=add_months(month, -1), verdict="passed"))
         .orderBy("started_at", ascending=False)
         .select("rows_total")
         .first()
@@ -168,115 +170,157 @@ def _runs_row(spark, record: dict[str, Any]):
     return spark.createDataFrame([tuple(record[f.name] for f in schema.fields)], schema)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What one validation reads: the landed file, the month's bronze rows (and the table version) and the suites."""
+
+    landed: Any
+    bronze: Any
+    bronze_version: int
+    file_suite: Suite
+    row_suite: Suite
+
+
 def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
-    check_service(service)
     check_month(month)
-    log = JobLog("validate", service, month)
+    ctx = RunContext.start("validate", spark, settings, service, month)
     started = dt.datetime.now(dt.UTC)  # aware: Spark stores the same instant whatever this machine's zone
-    run_id = lakehouse.new_run_id("validate")
+    inputs = read_inputs(ctx)
+    # The GX project (its config, stores and Data Docs) is shared by every validation of this lakehouse: one at a
+    # time, so green and yellow validated together cannot corrupt it.
+    with gx_project(settings) as gx_root:
+        gx_runner = GxRunner(settings, gx_root)
+        with spark_progress(spark, ctx.log):
+            file_outcome = check_file(ctx, gx_runner, inputs)
+            record = check_rows(ctx, gx_runner, inputs, file_outcome, started)
+        stale = settle_month(ctx, inputs, record)
+        lakehouse.append(_runs_row(spark, record), settings, lakehouse.VALIDATION_RUNS, ctx.run_id, merge_schema=True)
+        write_overview(spark, settings, gx_runner)
+        overview = published_root(settings) / OVERVIEW
+    ctx.log.info(
+        "done",
+        verdict=record["verdict"],
+        rows=record["rows_total"],
+        valid=record["rows_valid"],
+        quarantined=record["rows_quarantined"],
+        failed_share=round(record["failed_share"], 4),
+        data_docs=record["data_docs"],
+        overview=overview,
+        duration_s=round(ctx.log.elapsed(), 1),
+    )
+    if record["verdict"] == "rejected":
+        raise MonthRejected(f"{service} {month} rejected: {record['reason']}")
+    keys = ("verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share", "data_docs", "run_id")
+    return {**{k: record[k] for k in keys}, "overview": str(overview), "stale_features": sorted(stale)}
+
+
+def read_inputs(ctx: RunContext) -> Inputs:
+    """The landed file and the bronze rows it produced (refused when they do not match), and both suites."""
+    spark, settings, service, month = ctx.spark, ctx.settings, ctx.service, ctx.period
     landed = ingest.landed_file(settings, service, month)
     if landed is None:
         raise MissingUpstream(f"no landed raw file for {service} {month}: run `taxi ingest` for it first")
     bronze_version = lakehouse.current_version(spark, settings, lakehouse.BRONZE)
     bronze = lakehouse.read_partition(spark, settings, lakehouse.BRONZE, service, month)
     check_bronze_source(bronze, landed, service, month)
-    file_suite, row_suite = Suite.load(service, "file"), Suite.load(service, "rows")
-    # The GX project (its config, stores and Data Docs) is shared by every validation of this lakehouse: one at a
-    # time, so green and yellow validated together cannot corrupt it.
-    with gx_project(settings) as gx_root:
-        gx_runner = GxRunner(settings, gx_root)
-        published = published_root(settings)
-        run_name = f"{service}-{month}-{run_id}"
+    return Inputs(landed, bronze, bronze_version, Suite.load(service, "file"), Suite.load(service, "rows"))
 
-        with spark_progress(spark, log):
-            # File rules on the landed file as it is (CSV releases carry no types: their parsing is a row rule).
-            raw = raw_with_canonical_names(ingest.read_raw(spark, landed))
-            prev = previous_month_rows(spark, settings, service, month)
-            v = settings.validation
-            file_params = {
-                "min_rows": int(prev * v.min_rows_vs_previous) if prev else 1,
-                "max_rows": int(prev * v.max_rows_vs_previous) if prev else None,
-            }
-            skip = ("expect_column_values_to_be_in_type_list",) if landed.fmt == "csv" else ()
-            file_outcome = gx_runner.run(file_suite, raw, file_params, run_name, skip_types=skip)
-            log.info("file rules", passed=not file_outcome.failed, failed=[r.rule for r in file_outcome.failed])
 
-            checked = flag_failures(add_rule_columns(bronze), row_suite, row_params(settings, month)).cache()
-            try:
-                row_outcome = gx_runner.run(row_suite, with_row_failed(checked), row_params(settings, month), run_name,
-                                            max_failed_share=v.max_failed_share)  # fmt: skip
-                counts = _rule_counts(checked, row_suite)
-                for r in row_outcome.rules:
-                    if r.unexpected_count is not None and r.unexpected_count != counts[r.rule]:
-                        raise RuntimeError(
-                            f"rule {r.rule}: GX counted {r.unexpected_count} failing rows, the quarantine predicate "
-                            f"{counts[r.rule]}: fix validate.failure_condition"
-                        )
-                total = counts.pop("_total")
-                failing = counts.pop("_failing")
-                failed_share = failing / total if total else 0.0
+def check_file(ctx: RunContext, gx_runner: GxRunner, inputs: Inputs):
+    """File rules on the landed file as it is (CSV releases carry no types: their parsing is a row rule)."""
+    settings, landed = ctx.settings, inputs.landed
+    raw = raw_with_canonical_names(ingest.read_raw(ctx.spark, landed))
+    prev = previous_month_rows(ctx.spark, settings, ctx.service, ctx.period)
+    v = settings.validation
+    params = {
+        "min_rows": int(prev * v.min_rows_vs_previous) if prev else 1,
+        "max_rows": int(prev * v.max_rows_vs_previous) if prev else None,
+    }
+    skip = ("expect_column_values_to_be_in_type_list",) if landed.fmt == "csv" else ()
+    outcome = gx_runner.run(inputs.file_suite, raw, params, run_name(ctx), skip_types=skip)
+    ctx.log.info("file rules", passed=not outcome.failed, failed=[r.rule for r in outcome.failed])
+    return outcome
 
-                reasons = [f"{r.rule}: {r.reason} (observed {r.observed})" for r in file_outcome.failed]
-                if failed_share > v.max_failed_share:
-                    worst = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
-                    reasons.append(
-                        f"{failed_share:.1%} of rows fail the row rules (limit {v.max_failed_share:.0%}); most: "
-                        + ", ".join(f"{k}={n}" for k, n in worst)
-                    )
-                verdict = "rejected" if reasons else "passed"
-                record = {
-                    "run_id": run_id,
-                    "service": service,
-                    "month": month,
-                    "started_at": started,
-                    "duration_s": round(log.elapsed(), 2),
-                    "verdict": verdict,
-                    "reason": "; ".join(reasons) or None,
-                    "rows_total": total,
-                    "rows_valid": total - failing if verdict == "passed" else 0,
-                    "rows_quarantined": failing if verdict == "passed" else 0,
-                    "failed_share": round(failed_share, 6),
-                    "rule_failures": counts,
-                    "file_rules_failed": [r.rule for r in file_outcome.failed],
-                    "suite_versions": {file_suite.name: file_suite.version, row_suite.name: row_suite.version},
-                    "bronze_version": bronze_version,
-                    "data_docs": str(published / DOCS_INDEX),
-                    "landed_file": Path(landed.path).name,
-                    "landed_checksum": landed.checksum,
-                    "set_aside": None,
-                }
-                if verdict == "passed":
-                    _write_outputs(checked, row_suite, settings, run_id, service, month)
-            finally:
-                checked.unpersist()
-        stale = {}
+
+def run_name(ctx: RunContext) -> str:
+    return f"{ctx.service}-{ctx.period}-{ctx.run_id}"
+
+
+def check_rows(ctx: RunContext, gx_runner: GxRunner, inputs: Inputs, file_outcome, started) -> dict[str, Any]:
+    """Row rules on the month's bronze rows: GX's counts, checked against the quarantine predicates; the verdict;
+    on a pass, valid rows to silver and failing rows to quarantine. Returns the run's record."""
+    settings, month, suite = ctx.settings, ctx.period, inputs.row_suite
+    v = settings.validation
+    checked = flag_failures(add_rule_columns(inputs.bronze), suite, row_params(settings, month)).cache()
+    try:
+        outcome = gx_runner.run(
+            suite,
+            with_row_failed(checked),
+            row_params(settings, month),
+            run_name(ctx),
+            max_failed_share=v.max_failed_share,
+        )
+        counts = _rule_counts(checked, suite)
+        for r in outcome.rules:
+            if r.unexpected_count is not None and r.unexpected_count != counts[r.rule]:
+                raise RuntimeError(
+                    f"rule {r.rule}: GX counted {r.unexpected_count} failing rows, the quarantine predicate "
+                    f"{counts[r.rule]}: fix validate.failure_condition"
+                )
+        total, failing = counts.pop("_total"), counts.pop("_failing")
+        failed_share = failing / total if total else 0.0
+        reasons = [f"{r.rule}: {r.reason} (observed {r.observed})" for r in file_outcome.failed]
+        if failed_share > v.max_failed_share:
+            worst = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+            reasons.append(
+                f"{failed_share:.1%} of rows fail the row rules (limit {v.max_failed_share:.0%}); most: "
+                + ", ".join(f"{k}={n}" for k, n in worst)
+            )
+        verdict = "rejected" if reasons else "passed"
+        record = {
+            "run_id": ctx.run_id,
+            "service": ctx.service,
+            "month": month,
+            "started_at": started,
+            "duration_s": round(ctx.log.elapsed(), 2),
+            "verdict": verdict,
+            "reason": "; ".join(reasons) or None,
+            "rows_total": total,
+            "rows_valid": total - failing if verdict == "passed" else 0,
+            "rows_quarantined": failing if verdict == "passed" else 0,
+            "failed_share": round(failed_share, 6),
+            "rule_failures": counts,
+            "file_rules_failed": [r.rule for r in file_outcome.failed],
+            "suite_versions": {inputs.file_suite.name: inputs.file_suite.version, suite.name: suite.version},
+            "bronze_version": inputs.bronze_version,
+            "data_docs": str(published_root(settings) / DOCS_INDEX),
+            "landed_file": Path(inputs.landed.path).name,
+            "landed_checksum": inputs.landed.checksum,
+            "set_aside": None,
+        }
         if verdict == "passed":
-            ingest.mark_accepted(settings, service, month, landed, bronze_version)
-            stale = freshness.made_stale_by(settings, service, month)
-            if stale:
-                log.warning("features now stale: rerun `taxi features` for them, in month order",
-                            months=",".join(sorted(stale)))  # fmt: skip
-        else:
-            record["set_aside"] = str(undo_landing(spark, settings, service, month, landed, run_id, record["reason"]))
-            log.info("rejected file set aside", file=record["set_aside"])
-        lakehouse.append(_runs_row(spark, record), settings, lakehouse.VALIDATION_RUNS, run_id, merge_schema=True)
-        write_overview(spark, settings, gx_runner)
-        overview = published / OVERVIEW
-    log.info(
-        "done",
-        verdict=verdict,
-        rows=total,
-        valid=record["rows_valid"],
-        quarantined=record["rows_quarantined"],
-        failed_share=round(failed_share, 4),
-        data_docs=record["data_docs"],
-        overview=overview,
-        duration_s=round(log.elapsed(), 1),
-    )
-    if verdict == "rejected":
-        raise MonthRejected(f"{service} {month} rejected: {record['reason']}")
-    keys = ("verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share", "data_docs", "run_id")
-    return {**{k: record[k] for k in keys}, "overview": str(overview), "stale_features": sorted(stale)}
+            _write_outputs(checked, suite, settings, ctx.run_id, ctx.service, month)
+    finally:
+        checked.unpersist()
+    return record
+
+
+def settle_month(ctx: RunContext, inputs: Inputs, record: dict[str, Any]) -> dict:
+    """A passed month is accepted in the raw zone (returns the features it made stale); a rejected one is undone
+    and its file set aside (``record["set_aside"]``)."""
+    settings, service, month = ctx.settings, ctx.service, ctx.period
+    if record["verdict"] == "passed":
+        ingest.mark_accepted(settings, service, month, inputs.landed, inputs.bronze_version)
+        stale = freshness.made_stale_by(settings, service, month)
+        if stale:
+            ctx.log.warning(
+                "features now stale: rerun `taxi features` for them, in month order", months=",".join(sorted(stale))
+            )
+        return stale
+    set_aside = undo_landing(ctx.spark, settings, service, month, inputs.landed, ctx.run_id, record["reason"])
+    record["set_aside"] = str(set_aside)
+    ctx.log.info("rejected file set aside", file=record["set_aside"])
+    return {}
 
 
 def check_bronze_source(bronze, landed, service: str, month: str) -> None:

@@ -22,31 +22,24 @@ _BT = "bootstrap-table@1.19.1/dist"
 _FILTER = f"{_BT}/extensions/filter-control/bootstrap-table-filter-control"
 # Every CDN URL GX 1.x pages use -> the vendored file (relative to the vendor folder). GX links the filter-control
 # stylesheet of bootstrap-table 1.19.0 next to the 1.19.1 scripts; the 1.19.1 file serves both.
-CDN_FILES = {  # noqa: E501 (one URL per line reads best)
-    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css":
-        "bootstrap@4.3.1/dist/css/bootstrap.min.css",
-    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js":
-        "bootstrap@4.3.1/dist/js/bootstrap.min.js",
+CDN_FILES = {
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap@4.3.1/dist/css/bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap@4.3.1/dist/js/bootstrap.min.js",
     "https://code.jquery.com/jquery-3.7.1.min.js": "jquery@3.7.1/dist/jquery.min.js",
-    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js":
-        "popper.js@1.12.9/dist/umd/popper.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.js@1.12.9/dist/umd/popper.min.js",
     "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": f"{_BT}/bootstrap-table.min.css",
     "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": f"{_BT}/bootstrap-table.min.js",
     f"https://unpkg.com/{_FILTER}.min.js": f"{_FILTER}.min.js",
     f"https://unpkg.com/{_FILTER.replace('1.19.1', '1.19.0')}.min.css": f"{_FILTER}.min.css",
     f"https://unpkg.com/{_FILTER.replace('1.19.1', '1.19.0')}.css": f"{_FILTER}.css",
-    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
-        "bootstrap-datepicker@1.9.0/dist/css/bootstrap-datepicker.min.css",
-    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js":
-        "bootstrap-datepicker@1.9.0/dist/js/bootstrap-datepicker.min.js",
-    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css":
-        "@fortawesome__fontawesome-free@6.6.0/css/all.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css": "bootstrap-datepicker@1.9.0/dist/css/bootstrap-datepicker.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js": "bootstrap-datepicker@1.9.0/dist/js/bootstrap-datepicker.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": "@fortawesome__fontawesome-free@6.6.0/css/all.min.css",
     "https://cdn.jsdelivr.net/npm/vega@5": "vega@5.33.1/build/vega.min.js",
     "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite@5.23.0/build/vega-lite.min.js",
     "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed@6.29.0/build/vega-embed.min.js",
-    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css":
-        "@forevolve__bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css",
-}  # fmt: skip
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css": "@forevolve__bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css",
+}
 # GX's logos live on S3; the site's own static/images folder (copied by GX) has them.
 _LOGO = re.compile(r"https://great-expectations-web-assets\.s3\.[a-z0-9-]+\.amazonaws\.com/[A-Za-z_-]+\.png[^\"')]*")
 _SRI = re.compile(r'\s+(?:integrity|crossorigin)="[^"]*"')

@@ -1,0 +1,1 @@
+"""The benchmarks (`make bench`): ratios against baselines measured in the same run."""

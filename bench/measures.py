@@ -1,0 +1,264 @@
+"""What the benchmarks measure, each against a baseline in the same run: the pipeline's stages, scoring against bare
+prediction, validation against a plain filter, the distributed learners against one process, tuning's layouts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from jobs.platform import storage
+
+TRAIN_MONTH = "2024-01"  # 0.25M rows: the first champion trains on it; benchmark months follow it, one per size
+TRAIN_COMPARISON_MAX_ROWS = 1_000_000  # learners vs single process: on the largest month up to a yellow-sized one
+QUICK_ROUNDS = 100  # --quick: boosting rounds of every model (the full run uses conf's production settings)
+
+
+class PeakMemory:
+    """Peak RSS of this process and its children (the Spark driver JVM, which holds the local executors)."""
+
+    def __init__(self, every_s: float = 0.5):
+        import psutil
+
+        self.proc, self.every_s, self.peak, self._stop = psutil.Process(), every_s, 0, threading.Event()
+
+    def _rss(self) -> int:
+        total = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:
+                pass
+        return total
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    with PeakMemory() as mem:
+        out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t, mem.peak_mib
+
+
+def bench_settings(work, rounds: int | None = None):
+    """The project's settings on a throwaway lakehouse; ``rounds`` caps both learners' boosting rounds."""
+    from jobs.platform.config import load_settings
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "TAXI_LAKEHOUSE": str(work),
+            "TAXI__SPARK__MASTER": "local[2]",
+            "TAXI__SPARK__CONF__spark.driver.memory": "8g",
+            "TAXI__SPARK__CONF__spark.ui.enabled": "false",
+            "TAXI__TRAIN__REFIT": "false",
+            # The benchmark months grow 4x and 3x on purpose: not a sign of a wrong file.
+            "TAXI__VALIDATION__MAX_ROWS_VS_PREVIOUS": "100",
+            "TAXI__TRAIN__WARM_START": "false",
+        }
+    )
+    if rounds:
+        env["TAXI__TRAIN__XGBOOST__n_estimators"] = str(rounds)
+        env["TAXI__TRAIN__LIGHTGBM__numIterations"] = str(rounds)
+    if not storage.is_remote(work):  # a local bench keeps its own MLflow store; an object store needs the server
+        env.pop("MLFLOW_TRACKING_URI", None)
+    return load_settings(env=env)
+
+
+def run_pipeline(spark, settings, month: str, source: str) -> dict:
+    from jobs.features import job as features
+    from jobs.ingest import job as ingest
+    from jobs.validation import job as validate
+
+    stages = {}
+    for name, fn, args in (
+        ("ingest", ingest.run, (spark, settings, "yellow", month, source)),
+        ("validate", validate.run, (spark, settings, "yellow", month)),
+        ("features", features.run, (spark, settings, "yellow", month)),
+    ):
+        _, seconds, mem = timed(fn, *args)
+        stages[name] = {"seconds": round(seconds, 2), "peak_mib": mem}
+    return stages
+
+
+def plain_filter_seconds(spark, settings, month: str) -> float:
+    """The same row rules as one plain Spark aggregation (no GX): the baseline for validation cost."""
+    from jobs.platform import lakehouse
+    from jobs.validation import job as validate
+
+    bronze = lakehouse.read_partition(spark, settings, lakehouse.BRONZE, "yellow", month)
+    suite = validate.Suite.load("yellow", "rows")
+    t = time.perf_counter()
+    checked = validate.flag_failures(validate.add_rule_columns(bronze), suite, validate.row_params(settings, month))
+    validate._rule_counts(checked, suite)
+    return time.perf_counter() - t
+
+
+def scoring_vs_bare(spark, settings, month: str) -> dict:
+    """Spark scoring (Arrow batches + in-place predict) vs bare Booster.inplace_predict on the same rows/cores."""
+    import numpy as np
+
+    from jobs.models.inputs import MODEL_FEATURES
+    from jobs.models.prediction import feature_matrix, predict_minutes
+    from jobs.models.registry import load_registered
+    from jobs.platform import lakehouse
+    from jobs.scoring import job as score
+
+    model, _ = load_registered(settings, "yellow", alias="champion")
+    feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "yellow", month)
+    rows = feats.count()
+    # 1) the whole score job: read Delta, predict, write Delta, read back for the summary.
+    _, job_s, job_mem = timed(score.run, spark, settings, "yellow", month)
+    # 2) the prediction pass alone, on Spark (read + predict, written to the no-op sink).
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score.batch_size))
+    t = time.perf_counter()
+    predict_minutes(feats, model, ["trip_id"]).write.format("noop").mode("overwrite").save()
+    predict_s = time.perf_counter() - t
+    # 3) bare: the same rows as one matrix in this process, predicted with 2 threads (the 2 task slots).
+    matrix = feature_matrix(feats.select(*MODEL_FEATURES).toPandas())
+    booster = model.booster()
+    if model.flavor == "xgboost":
+        booster.set_param({"nthread": 2})
+    t = time.perf_counter()
+    if model.flavor == "xgboost":
+        np.expm1(booster.inplace_predict(matrix))
+    else:
+        np.expm1(booster.predict(matrix, num_threads=2))
+    bare_s = time.perf_counter() - t
+    return {
+        "rows": rows,
+        "flavor": model.flavor,
+        "score_job_seconds": round(job_s, 2),
+        "score_job_peak_mib": job_mem,
+        "spark_predict_seconds": round(predict_s, 2),
+        "bare_predict_seconds": round(bare_s, 3),
+        "score_job_rows_per_s": round(rows / job_s),
+        "spark_predict_rows_per_s": round(rows / predict_s),
+        "bare_predict_rows_per_s": round(rows / bare_s),
+        "score_job_vs_bare_ratio": round(bare_s / job_s, 3),
+    }
+
+
+def bench_month(index: int) -> str:
+    """Months follow TRAIN_MONTH without gaps, so every one has its previous month for a train/validation split."""
+    return f"2024-{2 + index:02d}"
+
+
+def comparison_month(sizes: list[int]) -> str:
+    """`until` for the training comparison: the month after the largest month of at most
+    TRAIN_COMPARISON_MAX_ROWS rows (that month is then the training data)."""
+    months = [(250_000, TRAIN_MONTH)] + [(rows, bench_month(i)) for i, rows in enumerate(sizes)]
+    best = max((r, i) for i, (r, _) in enumerate(months[:-1]) if r <= TRAIN_COMPARISON_MAX_ROWS)[1]
+    return months[best + 1][1]
+
+
+def training_vs_single(spark, settings, until: str) -> dict:
+    """Distributed fit (2 barrier workers) vs single-process xgboost/lightgbm with 2 threads, same data/params:
+    the month before ``until`` is the training data."""
+    import lightgbm as lgb
+    import numpy as np
+    import xgboost as xgb
+
+    from jobs.models.inputs import MODEL_FEATURES, TARGET
+    from jobs.training import job as train
+
+    data = train.load_training_data(spark, settings, "yellow", until, 2)
+    train_df = data.train.cache()
+    rows = train_df.count()
+    vec = train.assemble(train_df).cache()
+    vec.count()
+    pdf = train_df.select(*MODEL_FEATURES, TARGET).toPandas()
+    x = pdf[MODEL_FEATURES].astype("float64").to_numpy(np.float32, na_value=np.nan)
+    y = np.log1p(pdf[TARGET].to_numpy())
+    xp, lp = settings.train.xgboost, settings.train.lightgbm
+    out = {"rows": rows, "train_months": data.train_months}
+
+    _, s, mem = timed(train.fit_xgboost, vec, dict(xp), 2, 42)
+    out["xgb_spark_seconds"], out["xgb_spark_peak_mib"] = round(s, 2), mem
+    params = {
+        "max_depth": xp["max_depth"],
+        "eta": xp["learning_rate"],
+        "min_child_weight": xp["min_child_weight"],
+        "subsample": xp["subsample"],
+        "colsample_bytree": xp["colsample_bytree"],
+        "nthread": 2,
+    }
+    _, s, mem = timed(lambda: xgb.train(params, xgb.DMatrix(x, label=y, missing=np.nan), xp["n_estimators"]))
+    out["xgb_single_seconds"], out["xgb_single_peak_mib"] = round(s, 2), mem
+
+    _, s, mem = timed(train.fit_lightgbm, vec, dict(lp), 2, 42)
+    out["lgbm_spark_seconds"], out["lgbm_spark_peak_mib"] = round(s, 2), mem
+    lparams = {
+        "num_leaves": lp["numLeaves"],
+        "learning_rate": lp["learningRate"],
+        "min_data_in_leaf": lp["minDataInLeaf"],
+        "feature_fraction": lp["featureFraction"],
+        "bagging_fraction": lp["baggingFraction"],
+        "bagging_freq": lp["baggingFreq"],
+        "lambda_l2": lp["lambdaL2"],
+        "num_threads": 2,
+        "verbosity": -1,
+        "objective": "regression",
+    }
+    _, s, mem = timed(lambda: lgb.train(lparams, lgb.Dataset(x, label=y), lp["numIterations"]))
+    out["lgbm_single_seconds"], out["lgbm_single_peak_mib"] = round(s, 2), mem
+    vec.unpersist()
+    train_df.unpersist()
+    return out
+
+
+def overlapping(trials: list[dict]) -> int:
+    """Pairs of trials whose [start, end] overlap: > 0 shows trials ran at the same time."""
+    return sum(a["start"] < b["end"] and b["start"] < a["end"] for i, a in enumerate(trials) for b in trials[i + 1 :])
+
+
+def tuning_parallel_vs_distributed(spark, settings, service: str, until: str, months: int, trials: int = 4) -> dict:
+    """`taxi train --tune`: the same trials one at a time, each a fit over both task slots (parallel_trials 1),
+    against two at a time over one slot each (parallel_trials 2); xgboost, same seed and search space."""
+    import mlflow
+
+    from jobs.platform.log import JobLog
+    from jobs.platform.tracking import experiment_id, setup_mlflow
+    from jobs.training import job as train
+    from jobs.training import tuning
+
+    data = train.load_training_data(spark, settings, service, until, months)
+    rows = data.train.cache()
+    rows.count()
+    setup_mlflow(settings)
+    out = {"trials": trials, "train_months": data.train_months}
+    with mlflow.start_run(experiment_id=experiment_id(settings, "bench-tuning")) as parent:
+        for learner in ("xgboost", "lightgbm"):
+            for parallel in (1, 2):
+                s = settings.model_copy(deep=True)
+                s.train.tune.parallel_trials = parallel
+                search = tuning.Search(spark, s, parent, 2, JobLog("bench-tune", service, until))
+                result, seconds, mem = timed(tuning.tune, search, learner, rows, data.train_months, trials, None)
+                out[f"{learner}_parallel_{parallel}"] = {
+                    "seconds": round(seconds, 2),
+                    "peak_mib": mem,
+                    "best_tuning_rmse": round(result.tuning_rmse, 4),
+                    "overlapping_trials": overlapping(result.trials),
+                }
+            out[f"{learner}_parallel_2_vs_1_time_ratio"] = round(
+                out[f"{learner}_parallel_2"]["seconds"] / out[f"{learner}_parallel_1"]["seconds"], 2
+            )
+    rows.unpersist()
+    return out

@@ -1,0 +1,91 @@
+"""What the monitor reads for a week: its scored trips with their features, the verdicts of the weeks before it,
+and which complete ISO weeks of the scored months still have no report."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from jobs.models.inputs import PREDICTION
+from jobs.models.interval import P10, P90
+from jobs.platform import lakehouse, sql
+from jobs.platform.config import Settings
+from jobs.platform.errors import MissingUpstream
+from jobs.platform.months import add_weeks, month_start, wall_clock, week_bounds, week_months
+
+
+def scored_week(spark, settings: Settings, service: str, week: str, table=lakehouse.PREDICTIONS):
+    """The week's trips scored into ``table`` with their features (only the week's month partitions are read)."""
+    from pyspark.sql import functions as F
+
+    if not lakehouse.exists(settings, table):
+        raise MissingUpstream(f"{table.relpath} is empty: run `taxi score --service {service}` for {week} first")
+    start, end = week_bounds(week)
+    months = week_months(week)
+    scored = lakehouse.read(spark, settings, table)
+    # Intervals: null for trips scored before the model had them (an older table lacks the columns altogether).
+    bounds = [F.col(c) if c in scored.columns else F.lit(None).cast("double").alias(c) for c in (P10, P90)]
+    preds = (
+        scored.where(F.col("service") == service)
+        .where(F.col("month").isin(months))
+        .where((F.col("pickup_datetime") >= wall_clock(start)) & (F.col("pickup_datetime") < wall_clock(end)))
+        .select("trip_id", PREDICTION, *bounds, "model_version")
+    )
+    feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
+    return feats.where(F.col("month").isin(months)).join(preds, "trip_id")
+
+
+def earlier_verdicts(spark, settings: Settings, service: str, week: str) -> list[str]:
+    """Verdicts of the ``drift_window - 1`` weeks before ``week``, oldest first ("none" where no report)."""
+    weeks = [add_weeks(week, -k) for k in range(settings.monitor.drift_window - 1, 0, -1)]
+    if not weeks or not lakehouse.exists(settings, lakehouse.DRIFT):
+        return ["none"] * len(weeks)
+    rows = (
+        lakehouse.read(spark, settings, lakehouse.DRIFT)
+        .where(sql.matches(service=service))
+        .where(sql.is_in("week", weeks))
+        .select("week", "verdict")
+        .distinct()
+        .collect()
+    )
+    found = {r.week: r.verdict for r in rows}
+    return [found.get(w, "none") for w in weeks]
+
+
+def complete_weeks(months: list[str]) -> list[str]:
+    """ISO weeks all of whose days lie in ``months`` (a week spanning two months needs both), oldest first."""
+    have = set(months)
+    weeks = set()
+    for month in have:
+        day = month_start(month)
+        while day.strftime("%Y-%m") == month:
+            year, number, _ = day.isocalendar()
+            week = f"{year}-W{number:02d}"
+            if set(week_months(week)) <= have:
+                weeks.add(week)
+            day += dt.timedelta(days=1)
+    return sorted(weeks)
+
+
+def pending_weeks(spark, settings: Settings, service: str) -> list[str]:
+    """Complete ISO weeks of the scored months that have no report yet."""
+    if not lakehouse.exists(settings, lakehouse.PREDICTIONS):
+        return []
+    scored = [
+        r.month
+        for r in lakehouse.read(spark, settings, lakehouse.PREDICTIONS)
+        .where(lakehouse.partition_predicate(service))
+        .select("month")
+        .distinct()
+        .collect()
+    ]
+    done = set()
+    if lakehouse.exists(settings, lakehouse.DRIFT):
+        done = {
+            r.week
+            for r in lakehouse.read(spark, settings, lakehouse.DRIFT)
+            .where(sql.matches(service=service))
+            .select("week")
+            .distinct()
+            .collect()
+        }
+    return [w for w in complete_weeks(scored) if w not in done]
