@@ -173,3 +173,34 @@ def test_month_and_week_arithmetic():
     assert check_week("2023-W06") == "2023-W06"
     with pytest.raises(InputError):
         check_week("2023-W54")
+
+
+@pytest.mark.unit
+def test_every_config_key_is_documented():
+    """The README or a docs page it links names every key of the config, as `section.key` or, in a row that names
+    its section (`train.deep.max_rows` / `epochs`), as `key`."""
+    from pydantic import BaseModel
+
+    from jobs.platform.config import SearchDim, Settings
+
+    def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and kind is not SearchDim:
+                out += keys(kind, f"{prefix}{name}.")
+            else:
+                out.append(f"{prefix}{name}")
+        return out
+
+    readme = (ROOT / "README.md").read_text()
+    linked = {ROOT / link for link in re.findall(r"\]\((docs/[\w-]+\.md)", readme)}
+    lines = "\n".join([readme, *(p.read_text() for p in sorted(linked))]).splitlines()
+    missing = []
+    for key in keys(Settings):
+        section, _, name = key.rpartition(".")
+        named = (f"`{key}`", f"`{key}.")  # the key itself, or a pattern below it (`train.tune.space.<learner>`)
+        in_its_row = [line for line in lines if section and f"`{section}." in line and f"`{name}`" in line]
+        if not in_its_row and not any(n in line for line in lines for n in named):
+            missing.append(key)
+    assert missing == []
