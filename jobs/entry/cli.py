@@ -21,7 +21,7 @@ from jobs.monitoring import command as monitoring_command
 from jobs.platform import commands as platform_commands
 from jobs.platform.config import ConfigError, load_settings
 from jobs.platform.errors import TaxiError
-from jobs.platform.log import setup_logging
+from jobs.platform.log import log_to_file, setup_logging
 from jobs.promotion import command as promotion_command
 from jobs.scoring import command as scoring_command
 from jobs.training import command as training_command
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         settings = load_settings(conf_file=args.conf)
+        log_to_file(settings.log.file)
         summary = args.func(settings, args)
     except ConfigError as e:
         print(f"taxi {args.command}: config error: {e}", file=sys.stderr)

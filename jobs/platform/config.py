@@ -255,6 +255,12 @@ class SqlServerConfig(_Section):
     start_timeout_s: int = Field(180, gt=0)
 
 
+class LogConfig(_Section):
+    # Where the libraries' own messages go (Python warnings, MLflow's and GX's notices, the Spark JVM's warnings),
+    # beside every job line; the terminal shows the job's lines and errors. None: no file.
+    file: Path | None = None
+
+
 class Settings(_Section):
     lakehouse: Any  # pathlib.Path, or upath.UPath for an object-store lakehouse (jobs.platform.storage)
     data: DataConfig
@@ -269,6 +275,7 @@ class Settings(_Section):
     monitor: MonitorConfig = MonitorConfig()
     airflow: AirflowConfig = AirflowConfig()
     sql_server: SqlServerConfig = SqlServerConfig()
+    log: LogConfig = LogConfig()
 
     @field_validator("lakehouse", mode="before")
     @classmethod
@@ -296,6 +303,7 @@ class Settings(_Section):
                 "with `mlflow server --artifacts-destination s3://bucket/mlflow`"
             )
         self.data.sample_dir = fix(self.data.sample_dir)
+        self.log.file = fix(self.log.file) if self.log.file else None
         self.data.zone_lookup = fix(self.data.zone_lookup)
         self.data.zone_centroids = fix(self.data.zone_centroids)
         self.data.allowed_roots = [fix(p) for p in self.data.allowed_roots]

@@ -7,6 +7,7 @@ JARs, and every later session (and ``spark-submit --jars $(taxi jars)``) uses th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ from pathlib import Path
 from jobs.platform import storage
 from jobs.platform.class_archive import driver_java_options
 from jobs.platform.config import Settings
+from jobs.platform.log import child_output_to_log_file, jvm_log_options
 
 log = logging.getLogger("taxi.spark")
 
@@ -117,14 +119,16 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
         **({"spark.driver.defaultJavaOptions": driver_options} if driver_options else {}),
         **(storage.spark_conf() if storage.is_remote(settings.lakehouse) else {}),
         "spark.sql.warehouse.dir": str(warehouse),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse} {jvm_log_options()}",
         **settings.spark.conf,
         **(extra_conf or {}),
         **FIXED_CONF,
     }
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    # Resolving JARs, the launcher prints Ivy's report of every artifact: into the log file, not the terminal.
+    with child_output_to_log_file() if not jars and packages else contextlib.nullcontext():
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     if not jars and packages:
         _record_resolved(settings, spark)
