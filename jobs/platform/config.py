@@ -17,19 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobs.platform.config_sources import ConfigError, deep_merge, env_overrides, read_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONF = PROJECT_ROOT / "conf" / "local.yaml"
-ENV_PREFIX = "TAXI__"
+
 SERVICES = ("green", "yellow")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key. The CLI exits with ``exit_code``, no traceback."""
-
-    exit_code = 2
 
 
 class _Section(BaseModel):
@@ -342,62 +337,14 @@ class Settings(_Section):
         return f"{self.mlflow.experiment_prefix}-{name}"
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
-
-
-def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
-    """``TAXI__TRAIN__XGBOOST__max_depth=8`` → {"train": {"xgboost": {"max_depth": 8}}}."""
-    out: dict[str, Any] = {}
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = _key_path(key[len(ENV_PREFIX) :].split("__"))
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
-    return out
-
-
-def _key_path(parts: list[str]) -> list[str]:
-    """Section and field names are lower case; the keys of a free-form mapping (Spark conf, learner params) keep
-    their case: ``TRAIN__INTERVALS__PARAMS__numIterations`` -> train, intervals, params, numIterations."""
-    path, model = [], Settings
-    for part in parts:
-        if model is None:
-            path.append(part)
-            continue
-        path.append(part.lower())
-        field = model.model_fields.get(part.lower())
-        kind = field.annotation if field is not None else None
-        model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
-    return path
-
-
 def load_settings(env: dict[str, str] | None = None, conf_file: str | Path | None = None) -> Settings:
     """Build the Settings from the default profile, an optional overlay file and the environment."""
     env = dict(os.environ if env is None else env)
-    data = _read_yaml(DEFAULT_CONF)
+    data = read_yaml(DEFAULT_CONF)
     overlay = conf_file or env.get("TAXI_CONF")
     if overlay:
-        data = _deep_merge(data, _read_yaml(Path(overlay)))
-    data = _deep_merge(data, _env_overrides(env))
+        data = deep_merge(data, read_yaml(Path(overlay)))
+    data = deep_merge(data, env_overrides(env, Settings))
     if env.get("TAXI_LAKEHOUSE"):
         data["lakehouse"] = env["TAXI_LAKEHOUSE"]
     if env.get("MLFLOW_TRACKING_URI"):
