@@ -13,7 +13,7 @@ import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
 
-from jobs.features import freshness
+from jobs.features import freshness, transforms
 from jobs.features import job as features
 from jobs.ingest import job as ingest
 from jobs.platform import lakehouse
@@ -32,7 +32,7 @@ def test_haversine_and_bearing_of_known_points(spark):
         [(0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0), (-73.7781, 40.6413, -73.9855, 40.7580)],
         "pu_lon double, pu_lat double, do_lon double, do_lat double",
     )
-    rows = features.add_geo_features(df).collect()
+    rows = transforms.add_geo_features(df).collect()
     one_degree_km = 6371.0088 * math.pi / 180  # 111.195 km along the equator or a meridian
     assert rows[0].centroid_distance_km == pytest.approx(one_degree_km, rel=1e-9)
     assert rows[0].centroid_bearing_deg == pytest.approx(90.0)  # due east
@@ -52,7 +52,7 @@ def test_time_features_hour_of_week_and_holidays(spark):
         [(datetime(2023, 2, 6, 10, 30),), (datetime(2023, 2, 12, 23, 45, 36),), (datetime(2023, 7, 4, 0, 0),)],
         "pickup_datetime timestamp",
     )
-    r = features.add_time_features(df, holidays).orderBy("pickup_datetime").collect()
+    r = transforms.add_time_features(df, holidays).orderBy("pickup_datetime").collect()
     # Monday 10:30 -> ISO day 1, hour of week 10; Sunday 23:45:36 -> day 7, hour of week 6*24+23 = 167.
     assert (r[0].day_of_week, r[0].hour_of_week, r[0].pickup_hour, r[0].is_weekend, r[0].is_holiday) == (
         1,
@@ -90,7 +90,7 @@ def test_history_fallbacks_pick_the_finest_level_with_enough_trips(spark):
         ],
         cols,
     )
-    out = features.add_history_features(current, past, min_trips=2).collect()
+    out = transforms.add_history_features(current, past, min_trips=2).collect()
     got = {(r.PULocationID, r.DOLocationID, r.pu_borough): r for r in out}
     assert (got[(1, 2, "A")].hist_level, got[(1, 2, "A")].hist_median_duration_min) == (0, 20.0)
     assert got[(1, 2, "A")].hist_trip_count == 3
@@ -113,7 +113,7 @@ def test_no_history_leaves_history_columns_null(spark):
         .withColumn("trip_distance", current.PULocationID * 1.0)
         .limit(0)
     )
-    r = features.add_history_features(current, past, min_trips=1).first()
+    r = transforms.add_history_features(current, past, min_trips=1).first()
     assert r.hist_level is None and r.hist_median_duration_min is None
 
 
@@ -174,9 +174,9 @@ def _history_and_target(settings, month):
     key = ["pickup_datetime", "PULocationID", "DOLocationID", "trip_distance", "VendorID"]
     df = DeltaTable(lakehouse.FEATURES.path(settings)).to_pandas(
         filters=[("service", "=", "green"), ("month", "=", month)],
-        columns=key + features.HISTORY_COLUMNS + ["duration_min"],
+        columns=key + transforms.HISTORY_COLUMNS + ["duration_min"],
     )
-    hist = df[key + features.HISTORY_COLUMNS].sort_values(key + features.HISTORY_COLUMNS).reset_index(drop=True)
+    hist = df[key + transforms.HISTORY_COLUMNS].sort_values(key + transforms.HISTORY_COLUMNS).reset_index(drop=True)
     return hist, df["duration_min"].sum()
 
 

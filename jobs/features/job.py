@@ -11,176 +11,18 @@ is applied by the training job only, so scoring covers every validated trip.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from jobs.features import freshness
-from jobs.models.inputs import BOROUGHS, MODEL_FEATURES, SERVICE_ZONES, TARGET
+from jobs.features.transforms import OUTPUT_COLUMNS, add_history_features, trip_features
 from jobs.platform import lakehouse
 from jobs.platform.config import Settings
-from jobs.platform.log import JobLog, spark_progress
-from jobs.platform.months import check_month, check_service, history_window, previous_months
+from jobs.platform.context import RunContext
+from jobs.platform.log import spark_progress
+from jobs.platform.months import check_month, history_window, previous_months
 
 FEATURE_SET_VERSION = "2"  # 2: history from the latest months present, not only the calendar months before
-EARTH_RADIUS_KM = 6371.0088
-
-# History levels, finest first: the first level with enough trips in the window supplies the statistics.
-HISTORY_LEVELS: list[tuple[str, list[str]]] = [
-    ("pair_hour_of_week", ["PULocationID", "DOLocationID", "hour_of_week"]),
-    ("pair", ["PULocationID", "DOLocationID"]),
-    ("pickup_zone", ["PULocationID"]),
-    ("borough_pair", ["pu_borough", "do_borough"]),
-    ("global", []),
-]
-HISTORY_COLUMNS = ["hist_median_duration_min", "hist_median_speed_mph", "hist_trip_count", "hist_level"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pure transforms (DataFrame -> DataFrame)
-# ---------------------------------------------------------------------------------------------------------------
-def add_duration(trips):
-    """``duration_min``: minutes from pickup to dropoff (the target; known only after the trip)."""
-    from pyspark.sql import functions as F
-
-    secs = F.unix_timestamp("dropoff_datetime") - F.unix_timestamp("pickup_datetime")
-    return trips.withColumn(TARGET, secs / F.lit(60.0))
-
-
-def add_time_features(df, holidays: list[str]):
-    """Time of day (continuous hours), ISO day of week (1 = Monday), hour of week (0-167), weekend, holiday."""
-    from pyspark.sql import functions as F
-
-    ts = F.col("pickup_datetime")
-    dow = (F.dayofweek(ts) + 5) % 7 + 1  # Spark: 1 = Sunday; ISO: 1 = Monday
-    return (
-        df.withColumn("pickup_hour", F.hour(ts) + F.minute(ts) / 60.0 + F.second(ts) / 3600.0)
-        .withColumn("day_of_week", dow)
-        .withColumn("hour_of_week", (dow - 1) * 24 + F.hour(ts))
-        .withColumn("is_weekend", (dow >= 6).cast("int"))
-        .withColumn("is_holiday", F.date_format(ts, "yyyy-MM-dd").isin(holidays).cast("int"))
-    )
-
-
-def add_zone_features(df, zones):
-    """Boroughs, service zones, centroids and airport flags of both ends (``zones``: see :func:`zone_table`)."""
-    from pyspark.sql import functions as F
-
-    for end, col in (("pu", "PULocationID"), ("do", "DOLocationID")):
-        z = zones.select(
-            F.col("LocationID").alias(col),
-            *[F.col(c).alias(f"{end}_{c}") for c in ("borough", "service_zone", "zone", "lon", "lat")],
-        )
-        df = df.join(F.broadcast(z), col, "left")
-        df = (
-            df.withColumn(f"{end}_borough", F.coalesce(F.col(f"{end}_borough"), F.lit("Unknown")))
-            .withColumn(f"{end}_service_zone", F.coalesce(F.col(f"{end}_service_zone"), F.lit("N/A")))
-            .withColumn(f"{end}_borough_code", _code(f"{end}_borough", BOROUGHS))
-            .withColumn(f"{end}_service_zone_code", _code(f"{end}_service_zone", SERVICE_ZONES))
-            .withColumn(
-                f"{end}_airport",
-                (F.col(f"{end}_service_zone").isin("Airports", "EWR")).cast("int"),
-            )
-        )
-    return df.withColumn("same_zone", (F.col("PULocationID") == F.col("DOLocationID")).cast("int"))
-
-
-def _code(col: str, values: list[str]):
-    from pyspark.sql import functions as F
-
-    expr = F.lit(None).cast("int")
-    for i, v in enumerate(values):
-        expr = F.when(F.col(col) == v, F.lit(i)).otherwise(expr)
-    return expr
-
-
-def add_geo_features(df):
-    """Great-circle distance (km) and initial bearing (degrees, 0 = north) between the zone centroids."""
-    from pyspark.sql import functions as F
-
-    lat1, lat2 = F.radians("pu_lat"), F.radians("do_lat")
-    dlat = lat2 - lat1
-    dlon = F.radians("do_lon") - F.radians("pu_lon")
-    a = F.sin(dlat / 2) ** 2 + F.cos(lat1) * F.cos(lat2) * F.sin(dlon / 2) ** 2
-    dist = 2 * EARTH_RADIUS_KM * F.asin(F.sqrt(a))
-    y = F.sin(dlon) * F.cos(lat2)
-    x = F.cos(lat1) * F.sin(lat2) - F.sin(lat1) * F.cos(lat2) * F.cos(dlon)
-    bearing = (F.degrees(F.atan2(y, x)) + 360) % 360
-    return df.withColumn("centroid_distance_km", dist).withColumn("centroid_bearing_deg", bearing)
-
-
-def add_target_flag(df, min_minutes: float, max_minutes: float):
-    """``in_training_range``: whether the trip passes the training filter (stored, applied at training only)."""
-    from pyspark.sql import functions as F
-
-    return df.withColumn("in_training_range", F.col(TARGET).between(min_minutes, max_minutes))
-
-
-def history_stats(past_trips, level: str, keys: list[str]):
-    """Median duration, median speed and trip count per group of ``keys`` over past trips (in training range)."""
-    from pyspark.sql import functions as F
-
-    hours = F.col(TARGET) / 60.0
-    speed = F.when((F.col("trip_distance") > 0) & (hours > 0), F.col("trip_distance") / hours)
-    grouped = past_trips.groupBy(*keys) if keys else past_trips.groupBy()
-    return grouped.agg(
-        F.median(TARGET).alias(f"{level}_dur"),
-        F.median(speed).alias(f"{level}_speed"),
-        F.count(F.lit(1)).alias(f"{level}_n"),
-    )
-
-
-def add_history_features(df, past_trips, min_trips: int):
-    """Join each level's history and keep the finest level with at least ``min_trips`` past trips.
-
-    ``past_trips`` must already carry the columns the levels group by (zone and time features) and hold only
-    trips from months before ``df``'s month. With no past trips at all the history columns stay null.
-    """
-    from pyspark.sql import functions as F
-
-    dur = speed = n = level = F.lit(None)
-    for i, (name, keys) in reversed(list(enumerate(HISTORY_LEVELS))):
-        stats = history_stats(past_trips, name, keys)
-        df = df.join(F.broadcast(stats), keys, "left") if keys else df.crossJoin(F.broadcast(stats))
-        enough = F.col(f"{name}_n") >= min_trips
-        dur = F.when(enough, F.col(f"{name}_dur")).otherwise(dur)
-        speed = F.when(enough, F.col(f"{name}_speed")).otherwise(speed)
-        n = F.when(enough, F.col(f"{name}_n")).otherwise(n)
-        level = F.when(enough, F.lit(i)).otherwise(level)
-    df = (
-        df.withColumn("hist_median_duration_min", dur.cast("double"))
-        .withColumn("hist_median_speed_mph", speed.cast("double"))
-        .withColumn("hist_trip_count", n.cast("long"))
-        .withColumn("hist_level", level.cast("int"))
-    )
-    return df.drop(*[f"{name}_{s}" for name, _ in HISTORY_LEVELS for s in ("dur", "speed", "n")])
-
-
-def trip_features(trips, zones, holidays: list[str], min_minutes: float, max_minutes: float):
-    """Validated trips -> per-trip features (everything except history)."""
-    return (
-        trips.transform(add_duration)
-        .transform(lambda d: add_time_features(d, holidays))
-        .transform(lambda d: add_zone_features(d, zones))
-        .transform(add_geo_features)
-        .transform(lambda d: add_target_flag(d, min_minutes, max_minutes))
-    )
-
-
-OUTPUT_COLUMNS = [
-    "trip_id",
-    "pickup_datetime",
-    "pu_borough",
-    "do_borough",
-    "pu_zone",
-    "do_zone",
-    *MODEL_FEATURES,
-    TARGET,
-    "in_training_range",
-    "feature_set_version",
-    "features_run_id",
-    freshness.COLUMN,
-    "service",
-    "month",
-]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,54 +61,11 @@ def us_federal_holidays(years: list[int]) -> list[str]:
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------
 def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    check_service(service)
     check_month(month)
-    log = JobLog("features", service, month)
-    cfg = settings.features
-    trips_version = (
-        lakehouse.current_version(spark, settings, lakehouse.TRIPS)
-        if lakehouse.exists(settings, lakehouse.TRIPS)
-        else None
-    )
-    trips = lakehouse.read_partition(spark, settings, lakehouse.TRIPS, service, month, "taxi validate")
-    all_trips = lakehouse.read(spark, settings, lakehouse.TRIPS, version=trips_version)
-    service_trips = all_trips.where(F.col("service") == service)
-    lookback = previous_months(month, cfg.history_lookback_months)
-    # The validated months present in the lookback, by the run that wrote each (freshness: a later re-validation
-    # makes the features that read it stale).
-    present = service_trips.where(F.col("month").isin(lookback)).select("month", "validation_run_id").distinct()
-    runs = {r.month: r.validation_run_id for r in present.collect()}
-    window = history_window(month, list(runs), cfg.history_months, cfg.history_lookback_months)
-    past = service_trips.where(F.col("month").isin(window))
-    inputs = {m: runs[m] for m in window}
-    inputs[month] = trips.select("validation_run_id").first().validation_run_id
-    months_present = sorted(m for m in inputs if m != month)
-    log.info("history window", lookback=f"{lookback[0]}..{lookback[-1]}", months=",".join(months_present) or "none")
-
-    y = int(month[:4])
-    holidays = us_federal_holidays([y - 1, y, y + 1])
-    zones = zone_table(spark, settings)
-
-    def featurise(df):
-        return trip_features(df, zones, holidays, cfg.target_min_minutes, cfg.target_max_minutes)
-
-    past_f = featurise(past).where("in_training_range")
-    run_id = lakehouse.new_run_id("features")
-    features = (
-        featurise(trips)
-        .transform(lambda d: add_history_features(d, past_f, cfg.min_history_trips))
-        .withColumn("feature_set_version", F.lit(FEATURE_SET_VERSION))
-        .withColumn("features_run_id", F.lit(run_id))
-        .withColumn(freshness.COLUMN, F.lit(freshness.inputs_record(inputs)))
-        .select(*OUTPUT_COLUMNS)
-    )
-    with spark_progress(spark, log):
-        # merge_schema: a table written before the inputs column existed gains it
-        version = lakehouse.replace_partition(
-            features, settings, lakehouse.FEATURES, run_id, service, month, merge_schema=True
-        )
+    ctx = RunContext.start("features", spark, settings, service, month)
+    inputs = read_inputs(ctx)
+    ctx.log.info("history window", lookback=inputs.lookback, months=",".join(inputs.history_months) or "none")
+    version = write_features(ctx, build_features(ctx, inputs))
     rows = (
         lakehouse.read(spark, settings, lakehouse.FEATURES, version)
         .where(lakehouse.partition_predicate(service, month))
@@ -275,9 +74,76 @@ def run(spark, settings: Settings, service: str, month: str) -> dict[str, Any]:
     summary = {
         "rows": rows,
         "features_version": version,
-        "trips_version_read": trips_version,
-        "history_months": months_present,
-        "run_id": run_id,
+        "trips_version_read": inputs.trips_version,
+        "history_months": inputs.history_months,
+        "run_id": ctx.run_id,
     }
-    log.info("done", **{k: v for k, v in summary.items() if k != "history_months"}, duration_s=round(log.elapsed(), 1))
+    ctx.log.info(
+        "done", **{k: v for k, v in summary.items() if k != "history_months"}, duration_s=round(ctx.log.elapsed(), 1)
+    )
     return summary
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The month's validated trips and its history: the trips of the latest months present in the lookback, at one
+    version of silver/trips, and the validation run behind each month read (what freshness checks later)."""
+
+    trips: Any
+    past: Any
+    trips_version: int | None
+    validation_runs: dict[str, str]  # month -> validation run id, the month itself included
+    lookback: str
+
+    @property
+    def history_months(self) -> list[str]:
+        return sorted(m for m in self.validation_runs if m != max(self.validation_runs))
+
+
+def read_inputs(ctx: RunContext) -> Inputs:
+    from pyspark.sql import functions as F
+
+    spark, settings, service, month, cfg = ctx.spark, ctx.settings, ctx.service, ctx.period, ctx.settings.features
+    exists = lakehouse.exists(settings, lakehouse.TRIPS)
+    trips_version = lakehouse.current_version(spark, settings, lakehouse.TRIPS) if exists else None
+    trips = lakehouse.read_partition(spark, settings, lakehouse.TRIPS, service, month, "taxi validate")
+    service_trips = lakehouse.read(spark, settings, lakehouse.TRIPS, version=trips_version).where(
+        F.col("service") == service
+    )
+    lookback = previous_months(month, cfg.history_lookback_months)
+    # The validated months present in the lookback, by the run that wrote each (freshness: a later re-validation
+    # makes the features that read it stale).
+    present = service_trips.where(F.col("month").isin(lookback)).select("month", "validation_run_id").distinct()
+    runs = {r.month: r.validation_run_id for r in present.collect()}
+    window = history_window(month, list(runs), cfg.history_months, cfg.history_lookback_months)
+    inputs = {m: runs[m] for m in window}
+    inputs[month] = trips.select("validation_run_id").first().validation_run_id
+    past = service_trips.where(F.col("month").isin(window))
+    return Inputs(trips, past, trips_version, inputs, f"{lookback[0]}..{lookback[-1]}")
+
+
+def build_features(ctx: RunContext, inputs: Inputs):
+    """The month's feature rows: its trips' own features, history statistics from the earlier months' trips."""
+    from pyspark.sql import functions as F
+
+    cfg, month = ctx.settings.features, ctx.period
+    year = int(month[:4])
+    holidays = us_federal_holidays([year - 1, year, year + 1])
+    zones = zone_table(ctx.spark, ctx.settings)
+    past = trip_features(inputs.past, zones, holidays, cfg.target_min_minutes, cfg.target_max_minutes)
+    own = trip_features(inputs.trips, zones, holidays, cfg.target_min_minutes, cfg.target_max_minutes)
+    return (
+        own.transform(lambda d: add_history_features(d, past.where("in_training_range"), cfg.min_history_trips))
+        .withColumn("feature_set_version", F.lit(FEATURE_SET_VERSION))
+        .withColumn("features_run_id", F.lit(ctx.run_id))
+        .withColumn(freshness.COLUMN, F.lit(freshness.inputs_record(inputs.validation_runs)))
+        .select(*OUTPUT_COLUMNS)
+    )
+
+
+def write_features(ctx: RunContext, features) -> int:
+    with spark_progress(ctx.spark, ctx.log):
+        # merge_schema: a table written before the inputs column existed gains it
+        return lakehouse.replace_partition(
+            features, ctx.settings, lakehouse.FEATURES, ctx.run_id, ctx.service, ctx.period, merge_schema=True
+        )

@@ -21,9 +21,10 @@ from pathlib import Path
 from jobs.ingest.publication import default_source
 from jobs.platform import lakehouse, storage
 from jobs.platform.config import Settings
+from jobs.platform.context import RunContext
 from jobs.platform.errors import InputError
 from jobs.platform.log import JobLog
-from jobs.platform.months import check_month, check_service
+from jobs.platform.months import check_month
 from jobs.platform.schema import REQUIRED_RAW, TRIP_COLUMNS, canonical_name
 
 PARQUET_MAGIC = b"PAR1"
@@ -335,9 +336,9 @@ def read_raw(spark, landed: LandedFile):
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------
 def run(spark, settings: Settings, service: str, month: str, source: str | None = None) -> dict:
-    check_service(service)
     check_month(month)
-    log = JobLog("ingest", service, month)
+    ctx = RunContext.start("ingest", spark, settings, service, month)
+    log = ctx.log
     source = source or default_source(settings, service, month)
     staged = stage(settings, service, month, source, log)
     name = Path(staged.path).name
@@ -353,12 +354,11 @@ def run(spark, settings: Settings, service: str, month: str, source: str | None 
                 f"{service} {month}: file {name} looks like another month's file: only {share:.0%} of "
                 f"pickup_datetime values fall in {month} (need {settings.ingest.min_share_in_month:.0%})"
             )
-        run_id = lakehouse.new_run_id("ingest")
-        version = lakehouse.replace_partition(bronze, settings, lakehouse.BRONZE, run_id, service, month)
+        version = lakehouse.replace_partition(bronze, settings, lakehouse.BRONZE, ctx.run_id, service, month)
     except BaseException:
         discard(staged)
         raise
     landed = commit_landing(settings, service, month, staged)
-    summary = {"rows": rows, "share_in_month": round(share, 4), "bronze_version": version, "run_id": run_id}
+    summary = {"rows": rows, "share_in_month": round(share, 4), "bronze_version": version, "run_id": ctx.run_id}
     log.info("done", file=landed.path, **summary, duration_s=round(log.elapsed(), 1))
     return summary

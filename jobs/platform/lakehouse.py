@@ -196,7 +196,7 @@ def migrate_wall_clock(spark, settings: Settings) -> dict[str, dict]:
         if not old:
             continue
         path = table.path(settings)
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.feature.timestampNtz' = 'supported')")
+        spark.sql(f"ALTER TABLE {sql.delta_path(path)} SET TBLPROPERTIES ('delta.feature.timestampNtz' = 'supported')")
         migrated = df.select(*[F.col(c).cast("timestamp_ntz").alias(c) if c in old else F.col(c) for c in df.columns])
         # The whole table, so static overwrite (the session's dynamic mode cannot change a schema).
         writer = (
@@ -290,6 +290,8 @@ def register_tables(spark, settings: Settings) -> list[str]:
     names = []
     for t in ALL_TABLES:
         if exists(settings, t):
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {CATALOG_DB}.{t.key} USING DELTA LOCATION '{t.path(settings)}'")
+            spark.sql(
+                f"CREATE TABLE IF NOT EXISTS {CATALOG_DB}.{t.key} USING DELTA LOCATION {sql.literal(t.path(settings))}"
+            )
             names.append(f"{CATALOG_DB}.{t.key}")
     return names

@@ -23,6 +23,16 @@ def ansi_literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def identifier(name: str) -> str:
+    """A quoted identifier (a table name, or a Delta table's path as in ``delta.`<path>```)."""
+    return "`" + str(name).replace("`", "``") + "`"
+
+
+def delta_path(path: object) -> str:
+    """The Delta table at ``path``, as Spark SQL names it: ``delta.`<path>```."""
+    return f"delta.{identifier(str(path))}"
+
+
 def matches(**columns: object) -> str:
     """``a = 'x' AND b = 'y'``: every column equal to its value."""
     return " AND ".join(f"{column} = {literal(value)}" for column, value in columns.items())

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.platform import sql
 from jobs.platform.cluster import alive, spark_home
 from jobs.platform.config import PROJECT_ROOT, ConfigError, Settings
 from jobs.platform.errors import TaxiError
@@ -78,7 +79,7 @@ def publish_views(spark, settings: Settings) -> list[str]:
         name = f"{lakehouse.CATALOG_DB}.{table.key}"
         spark.sql(f"DROP VIEW IF EXISTS {name}")
         if lakehouse.exists(settings, table):
-            spark.sql(f"CREATE VIEW {name} AS SELECT * FROM delta.`{table.path(settings)}`")
+            spark.sql(f"CREATE VIEW {name} AS SELECT * FROM {sql.delta_path(table.path(settings))}")
             names.append(name)
     lineage_tables = (lakehouse.PREDICTIONS, lakehouse.TRIPS, lakehouse.BRONZE, lakehouse.VALIDATION_RUNS)
     spark.sql(f"DROP VIEW IF EXISTS {lakehouse.CATALOG_DB}.prediction_lineage")

@@ -20,9 +20,8 @@ from jobs.models.registry import load_registered
 from jobs.monitoring.shadow_compare import weeks_won
 from jobs.platform import lakehouse, sql
 from jobs.platform.config import Settings
+from jobs.platform.context import RunContext
 from jobs.platform.errors import InputError
-from jobs.platform.log import JobLog
-from jobs.platform.months import check_service
 from jobs.platform.tracking import experiment_id, setup_mlflow
 
 
@@ -85,8 +84,8 @@ def require_shadow_wins(settings: Settings, service: str, version: int, weeks: i
 
 
 def run(spark, settings: Settings, service: str, version: int | None = None, rollback: bool = False) -> dict:
-    check_service(service)
-    log = JobLog("promote", service, f"v{version}" if version else "rollback")
+    ctx = RunContext.start("promote", spark, settings, service, f"v{version}" if version else "rollback")
+    log = ctx.log
     mlflow = setup_mlflow(settings)
     current = registry.champion(settings, service)
     if rollback:
