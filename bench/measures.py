@@ -178,21 +178,19 @@ def training_vs_single(spark, settings, until: str) -> dict:
 
     from jobs.models.inputs import MODEL_FEATURES, TARGET
     from jobs.training import job as train
+    from jobs.training.learners import assemble, fit_lightgbm, fit_xgboost
 
     data = train.load_training_data(spark, settings, "yellow", until, 2)
     train_df = data.train.cache()
     rows = train_df.count()
-    vec = train.assemble(train_df).cache()
+    vec = assemble(train_df).cache()
     vec.count()
     pdf = train_df.select(*MODEL_FEATURES, TARGET).toPandas()
     x = pdf[MODEL_FEATURES].astype("float64").to_numpy(np.float32, na_value=np.nan)
     y = np.log1p(pdf[TARGET].to_numpy())
     xp, lp = settings.train.xgboost, settings.train.lightgbm
     out = {"rows": rows, "train_months": data.train_months}
-
-    _, s, mem = timed(train.fit_xgboost, vec, dict(xp), 2, 42)
-    out["xgb_spark_seconds"], out["xgb_spark_peak_mib"] = round(s, 2), mem
-    params = {
+    single_xgb = {
         "max_depth": xp["max_depth"],
         "eta": xp["learning_rate"],
         "min_child_weight": xp["min_child_weight"],
@@ -200,12 +198,7 @@ def training_vs_single(spark, settings, until: str) -> dict:
         "colsample_bytree": xp["colsample_bytree"],
         "nthread": 2,
     }
-    _, s, mem = timed(lambda: xgb.train(params, xgb.DMatrix(x, label=y, missing=np.nan), xp["n_estimators"]))
-    out["xgb_single_seconds"], out["xgb_single_peak_mib"] = round(s, 2), mem
-
-    _, s, mem = timed(train.fit_lightgbm, vec, dict(lp), 2, 42)
-    out["lgbm_spark_seconds"], out["lgbm_spark_peak_mib"] = round(s, 2), mem
-    lparams = {
+    single_lgbm = {
         "num_leaves": lp["numLeaves"],
         "learning_rate": lp["learningRate"],
         "min_data_in_leaf": lp["minDataInLeaf"],
@@ -217,8 +210,20 @@ def training_vs_single(spark, settings, until: str) -> dict:
         "verbosity": -1,
         "objective": "regression",
     }
-    _, s, mem = timed(lambda: lgb.train(lparams, lgb.Dataset(x, label=y), lp["numIterations"]))
-    out["lgbm_single_seconds"], out["lgbm_single_peak_mib"] = round(s, 2), mem
+    fits = {  # learner: (distributed fit, the same fit in one process), timed in this order
+        "xgb": (
+            lambda: fit_xgboost(vec, dict(xp), 2, 42),
+            lambda: xgb.train(single_xgb, xgb.DMatrix(x, label=y, missing=np.nan), xp["n_estimators"]),
+        ),
+        "lgbm": (
+            lambda: fit_lightgbm(vec, dict(lp), 2, 42),
+            lambda: lgb.train(single_lgbm, lgb.Dataset(x, label=y), lp["numIterations"]),
+        ),
+    }
+    for learner, sides in fits.items():
+        for side, fit in zip(("spark", "single"), sides, strict=True):
+            _, s, mem = timed(fit)
+            out[f"{learner}_{side}_seconds"], out[f"{learner}_{side}_peak_mib"] = round(s, 2), mem
     vec.unpersist()
     train_df.unpersist()
     return out

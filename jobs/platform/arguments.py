@@ -66,6 +66,21 @@ def add_version_or(parser: argparse.ArgumentParser, version_help: str, flag: str
     which.add_argument(flag, action="store_true", help=flag_help)
 
 
+def add_month_job(commands, name: str, job_module: str, help: str, description: str) -> None:
+    """``taxi <name> --service S --month M``: ``<job_module>.run(spark, settings, service, month)`` with a session
+    (the job imported when the command runs, not when the parser is built)."""
+
+    def handler(settings: Settings, args) -> dict | None:
+        import importlib
+
+        job = importlib.import_module(job_module)
+        return with_spark(settings, args.command, lambda s: job.run(s, settings, args.service, args.month))
+
+    parser = commands.add_parser(name, help=help, description=description)
+    add_service_month(parser)
+    parser.set_defaults(func=handler)
+
+
 def with_spark(settings: Settings, command: str, job: Callable) -> dict | None:
     """Run ``job(spark)`` with a session; stop it afterwards only if this call created it (tests and notebooks
     share one)."""
