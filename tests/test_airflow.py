@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from .conftest import ROOT, airflow_cli, airflow_env, airflow_init, airflow_task_states
+from .conftest import ROOT
+from .processes import airflow_cli, airflow_env, airflow_init, airflow_task_states
 
 DEFAULT_TIER = "unit"  # tests without a tier marker of their own
 DAGS = ROOT / "dags"

@@ -24,16 +24,8 @@ from pathlib import Path
 
 from jobs.platform import lakehouse
 
-from .conftest import (
-    ROOT,
-    airflow_cli,
-    airflow_db,
-    airflow_env,
-    airflow_init,
-    free_port,
-    table_checksum,
-    wait_until,
-)
+from .conftest import ROOT, table_checksum
+from .processes import airflow_cli, airflow_db, airflow_env, airflow_init, free_port, wait_until
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 SCENARIO_S = 1450  # the whole scenario, so the test's own message (with the diagnosis) comes before pytest's timeout

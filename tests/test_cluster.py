@@ -16,14 +16,8 @@ import pytest
 from jobs.features import job as features
 from jobs.platform import cluster, lakehouse
 
-from .conftest import (
-    airflow_env,
-    airflow_init,
-    airflow_task_states,
-    copy_lakehouse,
-    settings_for,
-    table_checksum,
-)
+from .conftest import copy_lakehouse, settings_for, table_checksum
+from .processes import airflow_env, airflow_init, airflow_task_states
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 MASTER = "spark://127.0.0.1:7077"

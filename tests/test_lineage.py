@@ -9,7 +9,8 @@ from pathlib import Path
 
 from jobs.platform import lakehouse
 
-from .conftest import job_env, partition_rows, taxi_bin
+from .conftest import partition_rows
+from .processes import job_env, taxi_bin
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 

@@ -19,7 +19,8 @@ from jobs.monitoring.report import bin_labels, zone_names
 from jobs.platform import lakehouse
 from jobs.scoring import job as score
 
-from .conftest import GOLDEN_WEEK, GOLDEN_WEEKS, chromium_dom
+from .conftest import GOLDEN_WEEK, GOLDEN_WEEKS
+from .processes import chromium_dom
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 

@@ -17,20 +17,8 @@ import pytest
 
 from jobs.platform import lakehouse, storage
 
-from .conftest import (
-    GOLDEN_GREEN,
-    GOLDEN_WEEK,
-    ROOT,
-    beeline,
-    copy_lakehouse,
-    frame_checksum,
-    free_port,
-    job_env,
-    partition_rows,
-    table_checksum,
-    taxi_bin,
-    wait_until,
-)
+from .conftest import GOLDEN_GREEN, GOLDEN_WEEK, ROOT, copy_lakehouse, frame_checksum, partition_rows, table_checksum
+from .processes import beeline, free_port, job_env, taxi_bin, wait_until
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 BUCKET = "taxi-lake"

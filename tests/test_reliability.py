@@ -21,7 +21,8 @@ from jobs.platform.errors import ServiceUnavailable
 from jobs.scoring import job as score
 from jobs.validation import job as validate
 
-from .conftest import DATA, job_env, partition_rows, table_checksum, table_version, taxi_bin, wait_until
+from .conftest import DATA, partition_rows, table_checksum, table_version
+from .processes import job_env, taxi_bin, wait_until
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 

@@ -10,7 +10,7 @@ import pytest
 
 from jobs.platform.reports import offline
 
-from .conftest import chromium_probe
+from .processes import chromium_probe
 
 DEFAULT_TIER = "unit"
 

@@ -12,7 +12,8 @@ import pytest
 from jobs.entry.cli import main
 from jobs.platform import lakehouse
 
-from .conftest import beeline, free_port, job_env, partition_rows, taxi_bin
+from .conftest import partition_rows
+from .processes import beeline, free_port, job_env, taxi_bin
 
 DEFAULT_TIER = "slow"  # tests without a tier marker of their own
 

@@ -20,7 +20,8 @@ from jobs.platform import lakehouse
 from jobs.platform.errors import MissingUpstream, MonthRejected
 from jobs.validation import job as validate
 
-from .conftest import DATA, GOLDEN_GREEN, job_env, table_checksum, table_version, taxi_bin
+from .conftest import DATA, GOLDEN_GREEN, table_checksum, table_version
+from .processes import job_env, taxi_bin
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 

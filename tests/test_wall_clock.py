@@ -14,7 +14,8 @@ import pytest
 from jobs.ingest import job as ingest
 from jobs.platform import lakehouse
 
-from .conftest import DATA, ROOT, job_env, table_checksum
+from .conftest import DATA, ROOT, table_checksum
+from .processes import job_env
 
 DEFAULT_TIER = "integration"  # tests without a tier marker of their own
 NEW_YORK = "America/New_York"
