@@ -4,7 +4,7 @@ Every model predicts ``log1p(minutes)`` from the float32 matrix of ``MODEL_FEATU
 the gate, shadow scoring and batch scoring share one Arrow prediction path whatever the flavour:
 
 - ``xgboost`` / ``lightgbm``: a Booster, logged in its native MLflow flavour;
-- ``keras``: the deep tabular challenger (``training/deep.py``, the ``[deep]`` extra), native ``mlflow.keras``;
+- ``keras``: the deep tabular challenger (:mod:`jobs.training.deep`, the ``[deep]`` extra), native ``mlflow.keras``;
 - ``ensemble``: the mean of boosters on the log scale, an MLflow pyfunc logged as code whose artifacts are the
   members in their own native flavours (``mlflow.pyfunc`` serves it; here it is loaded member by member).
 """

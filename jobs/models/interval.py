@@ -35,7 +35,7 @@ class IntervalModel:
     coverage: float
     calibration: dict[str, Any]  # month, rows, level, raw and calibrated coverage there
     tags: dict[str, Any] = field(default_factory=dict)  # set once logged: what the registered version carries
-    columns = (P10, P90)  # what modeling.predict_minutes adds for an interval
+    columns = (P10, P90)  # what prediction.predict_minutes adds for an interval
 
     def bounds(self, point_minutes, q_lo, q_hi):
         """Interval bounds in minutes from the quantile models' raw log-scale outputs (numpy arrays)."""

@@ -1,8 +1,8 @@
 """Vectorised prediction: any model flavour over a Spark DataFrame's feature columns, in Arrow batches.
 
-Models are logged to MLflow in their native flavour (``flavors.py``: xgboost/lightgbm Boosters trained on Spark, the
-Keras challenger, the ensemble pyfunc), so the scoring job needs neither the training code nor the JVM learners:
-it predicts in place over Arrow batches in ``mapInArrow``. The target is learned on a log scale (``log1p``
+Models are logged to MLflow in their native flavour (:mod:`jobs.models.flavors`: xgboost/lightgbm Boosters trained
+on Spark, the Keras challenger, the ensemble pyfunc), so the scoring job needs neither the training code nor the JVM
+learners: it predicts in place over Arrow batches in ``mapInArrow``. The target is learned on a log scale (``log1p``
 minutes); :func:`predict_minutes` returns minutes.
 """
 
@@ -39,7 +39,7 @@ def predict_minutes(df, model: NativeModel, keep: list[str], log_scale: bool = F
     whole Arrow batches in place: no per-row UDF and no pandas conversion; the ``keep`` columns pass through the
     Python worker untouched (zero copy).
     ``log_scale`` returns the raw log1p-scale prediction instead (the margin a continued booster starts from).
-    ``interval`` (a :class:`jobs.training.intervals.IntervalModel`) adds its bounds in minutes in the same pass.
+    ``interval`` (a :class:`jobs.models.interval.IntervalModel`) adds its bounds in minutes in the same pass.
     """
     import numpy as np
     import pyarrow as pa

@@ -5,13 +5,13 @@ Window: the ``--months`` feature months up to and including ``--until``; the las
 validation month (a time-based split), the earlier ones are the training months. Rows are filtered to the
 training range (``in_training_range``) here and only here. The target is learned as ``log1p(minutes)``.
 
-Candidates: each learner from scratch (the deep network, ``training/deep.py``, on the driver from a bounded
-sample), with tuned hyperparameters when a search is asked for (``--tune``: see ``training/tuning.py``; it never
+Candidates: each learner from scratch (the deep network, :mod:`jobs.training.deep`, on the driver from a bounded
+sample), with tuned hyperparameters when a search is asked for (``--tune``: see :mod:`jobs.training.tuning`; it never
 sees the validation month) and, when a booster champion exists, warm-started from it ("fine-tuning the pre-trained
 model": more boosting rounds on the training months it has not seen); then the ensemble, the mean of the best
 XGBoost and LightGBM candidates on the log scale. Two baselines are logged on the same split for reference: the
 zone-pair median and a linear regression on zone pair + distance.
-Every candidate lands in the run's bake-off report (``training/bakeoff.py``).
+Every candidate lands in the run's bake-off report (:mod:`jobs.training.bakeoff`).
 
 Honest numbers: a window whose validation month the champion has already seen (``trained_through`` tag) registers
 nothing unless forced, so the gate always compares both models on a month neither trained on. The best candidate

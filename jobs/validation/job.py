@@ -79,7 +79,7 @@ def failure_condition(expectation: dict[str, Any], params: dict[str, Any]):
         if kw.get("ignore_row_if", "both_values_are_missing") != "either_value_is_missing":
             raise ValueError("row rules on column pairs must set ignore_row_if: either_value_is_missing")
         return a.isNotNull() & b.isNotNull() & ~(a >= b if kw.get("or_equal") else a > b)
-    raise ValueError(f"row rule type {kind} has no Spark predicate: add one to validate.failure_condition")
+    raise ValueError(f"row rule type {kind} has no Spark predicate: add one to jobs.validation.job.failure_condition")
 
 
 def flag_failures(df, suite: Suite, params: dict[str, Any]):
@@ -265,7 +265,7 @@ def check_rows(ctx: RunContext, gx_runner: GxRunner, inputs: Inputs, file_outcom
             if r.unexpected_count is not None and r.unexpected_count != counts[r.rule]:
                 raise RuntimeError(
                     f"rule {r.rule}: GX counted {r.unexpected_count} failing rows, the quarantine predicate "
-                    f"{counts[r.rule]}: fix validate.failure_condition"
+                    f"{counts[r.rule]}: fix jobs.validation.job.failure_condition"
                 )
         total, failing = counts.pop("_total"), counts.pop("_failing")
         failed_share = failing / total if total else 0.0
