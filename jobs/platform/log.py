@@ -53,6 +53,13 @@ def setup_logging(level: str = "INFO") -> None:
     for noisy in ("py4j", "urllib3", "alembic", "great_expectations", "mlflow.utils", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # library warnings become records of ``py.warnings``: the file, not the terminal
+    # MLflow gives its loggers a stderr handler of their own when it is imported: its records come through ours.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    mlflow_logger = logging.getLogger("mlflow")
+    mlflow_logger.handlers.clear()
+    mlflow_logger.propagate = True
+    # xgboost.spark's workers log at the level the driver's logger has ("Training on CPUs" for every fit).
+    logging.getLogger("XGBoost-PySpark").setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -79,8 +86,9 @@ def log_to_file(path: Path | None) -> Path | None:
 
 @contextmanager
 def child_output_to_log_file() -> Iterator[None]:
-    """Processes started inside the block (a JVM resolving JARs with Ivy, which prints every artifact it fetches)
-    write their stdout and stderr to the log file for their lifetime. No log file, or DEBUG: unchanged."""
+    """Processes started inside the block (the Spark JVM and the Python workers it starts: Ivy's report of every JAR
+    it fetches, the JVM's log, the learners' native output) write their stdout and stderr to the log file for their
+    lifetime. No log file (the library used from Python), or DEBUG: unchanged."""
     path = log_to_file(None)
     if path is None or logging.getLogger().isEnabledFor(logging.DEBUG):
         yield

@@ -7,7 +7,6 @@ JARs, and every later session (and ``spark-submit --jars $(taxi jars)``) uses th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -126,8 +125,10 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
     }
     for key, value in conf.items():
         builder = builder.config(key, value)
-    # Resolving JARs, the launcher prints Ivy's report of every artifact: into the log file, not the terminal.
-    with child_output_to_log_file() if not jars and packages else contextlib.nullcontext():
+    # What the JVM and its Python workers print (Ivy's report while resolving JARs, the JVM's log, the learners'
+    # native output) goes to the log file when there is one; the job's errors still reach the terminal through its
+    # own error line.
+    with child_output_to_log_file():
         spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     if not jars and packages:

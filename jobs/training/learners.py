@@ -58,6 +58,7 @@ def fit_xgboost(train_vec, params: dict[str, Any], num_workers: int, seed: int, 
         missing=float("nan"),
         random_state=seed,
         xgb_model=_unnamed(init.booster()) if init else None,
+        verbose=False,  # no evaluation line per boosting round from every worker
         **params,
     )
     booster = est.fit(train_vec).get_booster()
