@@ -55,11 +55,7 @@ def run(spark, settings: Settings) -> dict[str, Any]:
     drift = monitor.run(spark, settings, "green", week)
     out.update(train=trained, score=scored, monitor={k: drift[k] for k in ("week", "verdict", "retrain", "report")})
 
-    print("\n=== bronze/trips: rows per month ===")
-    lakehouse.read(spark, settings, lakehouse.BRONZE).groupBy("service", "month").count().orderBy(
-        "service", "month"
-    ).show(50, truncate=False)
-    print("=== monitoring/validation_runs: latest verdicts ===")
+    print("\n=== monitoring/validation_runs: every landed month's verdict and rows ===")
     lakehouse.read(spark, settings, lakehouse.VALIDATION_RUNS).orderBy("started_at").select(
         "service", "month", "verdict", "rows_total", "rows_valid", "rows_quarantined", "failed_share"
     ).dropDuplicates(["service", "month"]).orderBy("service", "month").show(50, truncate=False)

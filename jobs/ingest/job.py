@@ -342,7 +342,7 @@ def run(spark, settings: Settings, service: str, month: str, source: str | None 
     source = source or default_source(settings, service, month)
     staged = stage(settings, service, month, source, log)
     name = Path(staged.path).name
-    log.info("staged", file=name, format=staged.fmt, bytes=staged.size_bytes, sha256=staged.checksum[:12])
+    log.debug("staged", file=name, format=staged.fmt, bytes=staged.size_bytes, sha256=staged.checksum[:12])
     try:
         ingested_at = dt.datetime.now(dt.UTC).replace(microsecond=0)  # aware: the same instant in any local zone
         bronze = normalise(read_raw(spark, staged), service, month, name, staged.checksum, ingested_at)
@@ -360,5 +360,12 @@ def run(spark, settings: Settings, service: str, month: str, source: str | None 
         raise
     landed = commit_landing(settings, service, month, staged)
     summary = {"rows": rows, "share_in_month": round(share, 4), "bronze_version": version, "run_id": ctx.run_id}
-    log.info("done", file=landed.path, **summary, duration_s=round(log.elapsed(), 1))
+    log.info(
+        "done",
+        file=landed.path,
+        format=staged.fmt,
+        sha256=staged.checksum[:12],
+        **summary,
+        duration_s=round(log.elapsed(), 1),
+    )
     return summary

@@ -36,10 +36,18 @@ def validation_tags(metrics: dict[str, float]) -> dict[str, str]:
 
 def register(settings: Settings, service: str, model_uri: str, tags: dict[str, Any]):
     """Register ``model_uri`` as a new version of the service's model, with its facts as tags."""
+    import contextlib
+    import io
+    import logging
+
     import mlflow
 
     name = settings.registered_model(service)
-    mv = mlflow.register_model(model_uri, name)
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):  # MLflow prints its notices ("Created version ...") to stderr
+        mv = mlflow.register_model(model_uri, name)
+    for line in printed.getvalue().splitlines():
+        logging.getLogger("mlflow.register_model").info(line)
     c = client()
     for k, v in tags.items():
         c.set_model_version_tag(name, mv.version, k, str(v))

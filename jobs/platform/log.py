@@ -139,6 +139,9 @@ class JobLog:
     def info(self, msg: str, **fields: object) -> None:
         self._log.info("%s | %s %s", self._prefix(), msg, kv(**fields))
 
+    def debug(self, msg: str, **fields: object) -> None:
+        self._log.debug("%s | %s %s", self._prefix(), msg, kv(**fields))
+
     def warning(self, msg: str, **fields: object) -> None:
         self._log.warning("%s | %s %s", self._prefix(), msg, kv(**fields))
 
