@@ -57,7 +57,7 @@ def build(settings: Settings, workload: str, rebuild: bool = False, timeout_s: f
     with tempfile.TemporaryDirectory(prefix="taxi-class-archive-") as scratch:
         env = {**os.environ, "TAXI_LAKEHOUSE": str(Path(scratch) / "lakehouse")}
         out = subprocess.run(
-            [sys.executable, "-m", "jobs.platform.class_archive", str(partial), scratch],
+            [sys.executable, "-m", workload, str(partial), scratch],
             env=env,
             capture_output=True,
             text=True,
@@ -66,7 +66,10 @@ def build(settings: Settings, workload: str, rebuild: bool = False, timeout_s: f
         if out.returncode != 0:
             raise TaxiError(f"the class archive's workload failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         # The JVM dumps the archive in its exit path, after the Python process that drove it has gone.
-        jvm_pid = json.loads(out.stdout.strip().splitlines()[-1])["jvm_pid"]
+        printed = out.stdout.strip().splitlines()
+        if not printed or not printed[-1].startswith("{"):
+            raise TaxiError(f"the class archive's workload {workload} printed no JVM pid:\n{out.stderr[-3000:]}")
+        jvm_pid = json.loads(printed[-1])["jvm_pid"]
         deadline = time.monotonic() + 300
         while alive(jvm_pid) and time.monotonic() < deadline:
             time.sleep(0.5)
