@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
-STAGES = ("ingest", "validation", "features", "training", "scoring", "monitoring", "promotion", "lineage")
+STAGES = ("ingest", "validation", "features", "training", "scoring", "monitoring", "promotion", "lineage", "backtest")
 LAYER = {"entry": 3, **dict.fromkeys(STAGES, 2), "models": 1, "platform": 0}
 # stage -> the other stages it may import (what it reads of theirs)
 STAGE_EDGES = {
@@ -23,6 +23,8 @@ STAGE_EDGES = {
     "training": {"features"},  # the freshness check before a window is trained
     "lineage": {"ingest"},  # the raw file a bronze row came from
     "promotion": {"monitoring"},  # the shadow weeks a challenger won
+    # the operating loop replayed: the jobs the DAGs run, in calendar order
+    "backtest": {"ingest", "validation", "features", "scoring", "monitoring", "training"},
 }
 MAX_MODULE_LINES = 400
 

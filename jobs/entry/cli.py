@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from jobs.backtest import command as backtest_command
 from jobs.entry import commands as entry_commands
 from jobs.features import command as features_command
 from jobs.ingest import command as ingest_command
@@ -37,6 +38,7 @@ COMMANDS = (
     scoring_command,
     monitoring_command,
     lineage_command,
+    backtest_command,
     entry_commands,
     platform_commands,
 )

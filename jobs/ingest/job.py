@@ -139,6 +139,17 @@ def _local_path(settings: Settings, source: str, label: str) -> Path:
     return path
 
 
+def check_source_dir(settings: Settings, directory: Path, label: str) -> Path:
+    """A folder of source files (``taxi backtest --source-dir``): it must exist under one of the allowed roots."""
+    path = Path(directory).resolve()
+    if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):
+        roots = ", ".join(str(r) for r in settings.data.allowed_roots)
+        raise InputError(f"{label}: folder {path} is outside the allowed roots ({roots}): set data.allowed_roots")
+    if not path.is_dir():
+        raise InputError(f"{label}: source folder not found: {path}")
+    return path
+
+
 def sha256(path) -> str:
     """Of a local or lakehouse file."""
     h = hashlib.sha256()

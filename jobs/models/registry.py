@@ -82,6 +82,27 @@ def version(settings: Settings, service: str, number: int | str):
         raise InputError(f"{settings.registered_model(service)} has no version {number}") from e
 
 
+def versions(settings: Settings, service: str) -> list:
+    """Every ModelVersion of the service's model (with its tags), oldest first; none before the first training."""
+    from mlflow.exceptions import MlflowException
+
+    name, c = settings.registered_model(service), client()
+    try:
+        found = c.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return [c.get_model_version(name, mv.version) for mv in sorted(found, key=lambda mv: int(mv.version))]
+
+
+def training_seconds(mv) -> float:
+    """Wall time of the training run that registered ``mv`` (the parent of the run that logged its model)."""
+    c = client()
+    run = c.get_run(mv.run_id)
+    parent = run.data.tags.get("mlflow.parentRunId")
+    info = c.get_run(parent).info if parent else run.info
+    return max(0.0, ((info.end_time or info.start_time) - info.start_time) / 1000)
+
+
 def trained_through(mv) -> str | None:
     """The last month a registered version has seen (None for versions registered before this tag existed)."""
     return mv.tags.get("trained_through") if mv is not None else None

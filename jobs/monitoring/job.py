@@ -88,7 +88,11 @@ class Reference:
 
     @classmethod
     def of(cls, settings: Settings, service: str, current) -> Reference:
-        mv = registry.version(settings, service, scoring_version(current))
+        return cls.of_version(settings, service, scoring_version(current))
+
+    @classmethod
+    def of_version(cls, settings: Settings, service: str, number: int) -> Reference:
+        mv = registry.version(settings, service, number)
         profile = registry.load_reference_profile(mv)
         specs, counts, sample, performance = profile_parts(profile)
         return cls(mv, profile, specs, counts, sample, performance, registry.trained_through(mv) or profile["month"])
@@ -150,15 +154,29 @@ def load_week(ctx: RunContext):
 def measure(ctx: RunContext, current, rows: int, ref: Reference) -> Measured:
     """Drift of every monitored feature and of the predictions, accuracy where durations are known, the shadow."""
     with spark_progress(ctx.spark, ctx.log):
-        counts = binned_counts(current, ref.specs)
-        records = drift_metrics(
-            ref.specs, ref.counts, counts, ref.sample, continuous_sample(current, ctx.settings.monitor.sample_rows)
-        )
-        judgements = judge_features(ref.specs, records, ref.counts, ctx.settings)
+        counts, records, judgements = judge_drift(current, ref, ctx.settings)
         performance = accuracy(current)
         residuals, scatter = accuracy_detail(current, 3000)
         in_shadow = shadow_week(ctx.spark, ctx.settings, ctx.service, ctx.period, current)
     return Measured(rows, counts, records, judgements, performance, residuals, scatter, in_shadow)
+
+
+def judge_drift(current, ref: Reference, settings: Settings):
+    """(the week's binned counts, drift records, per-feature judgements) against the reference."""
+    counts = binned_counts(current, ref.specs)
+    sample = continuous_sample(current, settings.monitor.sample_rows)
+    records = drift_metrics(ref.specs, ref.counts, counts, ref.sample, sample)
+    return counts, records, judge_features(ref.specs, records, ref.counts, settings)
+
+
+def week_verdict(current, ref: Reference, settings: Settings, week: str, earlier: list[str]) -> dict[str, Any]:
+    """The monitor's verdict and retrain decision on a week's scored trips, with ``earlier`` as the verdicts of the
+    weeks before it: what the backtest asks of a counterfactual model, nothing written."""
+    judgements = judge_drift(current, ref, settings)[2]
+    performance = accuracy(current)
+    result = verdict(judgements, performance, ref.performance, settings, in_sample=week_months(week)[0] <= ref.seen)
+    retrain, reason = retrain_decision(result["verdict"], earlier, settings)
+    return {**result, "retrain": retrain, "retrain_reason": reason, "rmse": performance.get("rmse")}
 
 
 def judge(ctx: RunContext, measured: Measured, ref: Reference) -> dict[str, Any]:

@@ -228,6 +228,25 @@ class MonitorConfig(_Section):
         return self
 
 
+POLICIES = ("monthly", "frozen", "drift", "always")
+
+
+class BacktestConfig(_Section):
+    """`taxi backtest`: the retraining policies it compares, and when a week counts as really degraded."""
+
+    policies: list[Literal["monthly", "frozen", "drift", "always"]] = Field(default_factory=lambda: list(POLICIES))
+    # A week is degraded when its RMSE exceeds the reference by monitor.rmse_ratio, or exceeds the freshest model's
+    # RMSE on the same trips by this share.
+    degraded_share: float = Field(0.1, gt=0)
+
+    @field_validator("policies")
+    @classmethod
+    def _monthly_is_the_real_run(cls, v: list[str]) -> list[str]:
+        if "monthly" not in v:
+            raise ValueError("backtest.policies must include monthly: the real run every other policy is compared with")
+        return list(dict.fromkeys(v))
+
+
 class AirflowConfig(_Section):
     """Read by the DAG files when Airflow parses them, and by `taxi airflow-init`."""
 
@@ -268,6 +287,7 @@ class Settings(_Section):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     monitor: MonitorConfig = MonitorConfig()
+    backtest: BacktestConfig = BacktestConfig()
     airflow: AirflowConfig = AirflowConfig()
     sql_server: SqlServerConfig = SqlServerConfig()
     log: LogConfig = LogConfig()

@@ -45,7 +45,9 @@ PREDICTIONS = Table("predictions", "gold/predictions", producer="taxi score")
 # The challenger's scores of the same trips (taxi shadow), apart from what BI reads.
 SHADOW_PREDICTIONS = Table("shadow_predictions", "gold/shadow_predictions", producer="taxi score (with taxi shadow)")
 DRIFT = Table("drift", "monitoring/drift", ("service",), "taxi monitor")
-ALL_TABLES = (BRONZE, TRIPS, QUARANTINE, VALIDATION_RUNS, FEATURES, PREDICTIONS, SHADOW_PREDICTIONS, DRIFT)
+# What `taxi backtest` measured: one row per (replayed range, month, policy, metric).
+BACKTEST = Table("backtest", "monitoring/backtest", ("service",), "taxi backtest")
+ALL_TABLES = (BRONZE, TRIPS, QUARANTINE, VALIDATION_RUNS, FEATURES, PREDICTIONS, SHADOW_PREDICTIONS, DRIFT, BACKTEST)
 CATALOG_DB = "taxi"
 
 
