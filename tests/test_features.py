@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 
 from jobs.features import freshness, transforms
 from jobs.features import job as features
@@ -42,6 +43,26 @@ def test_haversine_and_bearing_of_known_points(spark):
     # JFK -> Times Square: about 21.7 km, heading north-west (306.65 degrees by the same formula in plain Python).
     assert rows[2].centroid_distance_km == pytest.approx(21.73, abs=0.05)
     assert rows[2].centroid_bearing_deg == pytest.approx(306.65, abs=0.01)
+
+
+@pytest.mark.spark
+def test_durations_elapse_across_the_dst_changes(spark):
+    """New York wall-clock times: 2022-03-13 01:55 EST to 03:05 EDT took 10 minutes, not 70; an ordinary trip and
+    one on the fall-back night outside its repeated hour keep their wall-clock difference. Validation's duration
+    rule reads the same minutes as the target."""
+    from jobs.validation.job import add_rule_columns
+
+    trips = [
+        (datetime(2022, 3, 13, 1, 55), datetime(2022, 3, 13, 3, 5), 10.0),  # across spring-forward
+        (datetime(2022, 3, 12, 1, 55), datetime(2022, 3, 12, 3, 5), 70.0),  # the day before: an ordinary night
+        (datetime(2022, 11, 6, 0, 20), datetime(2022, 11, 6, 0, 50), 30.0),  # fall-back night, before 01:00
+        (datetime(2022, 7, 4, 12, 0), datetime(2022, 7, 4, 12, 12, 30), 12.5),
+    ]
+    df = spark.createDataFrame(trips, "pickup_datetime timestamp_ntz, dropoff_datetime timestamp_ntz, expected double")
+    got = [(r.duration_min, r.expected) for r in transforms.add_duration(df).collect()]
+    assert [g for g, _ in got] == [e for _, e in got]
+    bronze = df.withColumn("cast_errors", F.array().cast("array<string>"))
+    assert [r.duration_min for r in add_rule_columns(bronze).collect()] == [e for *_, e in trips]
 
 
 @pytest.mark.spark

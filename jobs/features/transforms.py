@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from jobs.features import freshness
 from jobs.models.inputs import BOROUGHS, MODEL_FEATURES, SERVICE_ZONES, TARGET
+from jobs.platform.months import elapsed_minutes
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -27,11 +28,9 @@ HISTORY_COLUMNS = ["hist_median_duration_min", "hist_median_speed_mph", "hist_tr
 # Pure transforms (DataFrame -> DataFrame)
 # ---------------------------------------------------------------------------------------------------------------
 def add_duration(trips):
-    """``duration_min``: minutes from pickup to dropoff (the target; known only after the trip)."""
-    from pyspark.sql import functions as F
-
-    secs = F.unix_timestamp("dropoff_datetime") - F.unix_timestamp("pickup_datetime")
-    return trips.withColumn(TARGET, secs / F.lit(60.0))
+    """``duration_min``: minutes elapsed from pickup to dropoff, across DST changes (the target; known only after
+    the trip)."""
+    return trips.withColumn(TARGET, elapsed_minutes("pickup_datetime", "dropoff_datetime"))
 
 
 def add_time_features(df, holidays: list[str]):

@@ -89,6 +89,21 @@ def wall_clock(moment: dt.datetime):
     return F.lit(moment.isoformat(sep=" ")).cast("timestamp_ntz")
 
 
+TRIP_TIME_ZONE = "America/New_York"  # the TLC's trip times are New York wall-clock times
+
+
+def elapsed_minutes(start: str, end: str):
+    """Minutes that elapsed between two wall-clock trip-time columns, through New York's offsets: a 10-minute trip
+    across the spring-forward hour (01:55 EST to 03:05 EDT) is 10 minutes, not 70. In the fall-back hour both
+    readings of 01:xx are possible and the earlier offset is taken."""
+    from pyspark.sql import functions as F
+
+    def instant(column: str):  # the wall clock as UTC (the session's zone), then shifted by New York's offset
+        return F.unix_timestamp(F.to_utc_timestamp(F.col(column).cast("timestamp"), TRIP_TIME_ZONE))
+
+    return (instant(end) - instant(start)) / F.lit(60.0)
+
+
 def week_months(week: str) -> list[str]:
     """The month partitions a week's trips can live in (a week can straddle two months)."""
     start, end = week_bounds(week)

@@ -26,7 +26,7 @@ from jobs.platform.config import Settings
 from jobs.platform.context import RunContext
 from jobs.platform.errors import MissingUpstream, MonthRejected
 from jobs.platform.log import spark_progress
-from jobs.platform.months import add_months, check_month
+from jobs.platform.months import add_months, check_month, elapsed_minutes
 from jobs.validation import overview as validation_overview
 from jobs.validation.gx import DOCS_INDEX, OVERVIEW, GxRunner, gx_project, published_root
 from jobs.validation.suites import Suite
@@ -40,10 +40,7 @@ def add_rule_columns(bronze):
     from pyspark.sql import functions as F
 
     return (
-        bronze.withColumn(
-            "duration_min",
-            (F.unix_timestamp("dropoff_datetime") - F.unix_timestamp("pickup_datetime")) / F.lit(60.0),
-        )
+        bronze.withColumn("duration_min", elapsed_minutes("pickup_datetime", "dropoff_datetime"))
         .withColumn("pickup_month", F.date_format("pickup_datetime", "yyyy-MM"))
         .withColumn("cast_error_columns", F.nullif(F.concat_ws(",", "cast_errors"), F.lit("")))
     )
