@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from jobs.backtest.policies import PolicyState, Sums, Training, WeekFacts, is_de
 from jobs.platform.config import BacktestConfig
 
 from .conftest import ROOT, table_version
+from .processes import chromium_probe
 
 RATIO, SHARE = 1.25, 0.1
 
@@ -140,8 +142,9 @@ def test_three_months_replayed_from_an_empty_lakehouse(spark, empty_lake, tmp_pa
     assert table.where("month = '2023-02' and policy = 'drift' and metric = 'rmse'").first().value == pytest.approx(
         result["months"][1]["policies"]["drift"]["rmse"]
     )
-    page = open(summary["html"]).read()
-    assert "http://" not in page and "https://" not in page and "2023-W08" in page
+    probe = chromium_probe(Path(summary["html"]), tmp_path)  # network off: nothing to load, everything rendered
+    assert probe["remote"] == [] and probe["tables"] == 5, probe
+    assert "The monitor against reality" in probe["text"] and "2023-W08" in probe["text"]
     artifacts = {a.path for a in registry.client().list_artifacts(summary["mlflow_run_id"], "backtest")}
     assert artifacts == {"backtest/2023-01_2023-03.json", "backtest/2023-01_2023-03.html"}
 
