@@ -154,3 +154,42 @@ def test_three_months_replayed_from_an_empty_lakehouse(spark, empty_lake, tmp_pa
     assert json.loads(open(again["json"]).read()) == result
     assert {t.key: table_version(s, t) for t in (lakehouse.FEATURES, lakehouse.PREDICTIONS, lakehouse.DRIFT)} == before
     assert len(registry.versions(s, "green")) == 3
+
+
+@pytest.mark.unit
+def test_a_registry_of_many_versions_reads_back_in_order_with_the_newest_training_per_month(tmp_path):
+    """A year of monthly trainings and reruns: 30 versions on a real MLflow store (sqlite), listed oldest first with
+    their tags; the backtest takes the newest version validated on each month, with its training run's wall time."""
+    from jobs.backtest.job import registered_trainings
+    from jobs.models import registry
+    from jobs.platform.tracking import setup_mlflow
+
+    from .conftest import settings_for
+
+    def store(name: str):  # its own sqlite store, whatever MLflow's global URI points at
+        s = settings_for(tmp_path / name)
+        return s.model_copy(
+            update={"mlflow": s.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{s.lakehouse}.db"})}
+        )
+
+    s = store("lakehouse")
+    mlflow = setup_mlflow(s)
+    c, name = registry.client(), s.registered_model("green")
+    c.create_registered_model(name)
+    experiment = mlflow.create_experiment("registry-growth")
+    for n in range(30):
+        run = c.create_run(experiment, start_time=1_000_000)
+        c.set_terminated(run.info.run_id, end_time=1_000_000 + 1000 * n)
+        mv = c.create_model_version(name, f"file://{tmp_path}/model-{n}", run_id=run.info.run_id)
+        c.set_model_version_tag(name, mv.version, "valid_month", f"2022-{n % 12 + 1:02d}")
+        c.set_model_version_tag(name, mv.version, "gate", "promoted" if n % 5 == 0 else "rejected")
+    versions = registry.versions(s, "green")
+    assert [int(v.version) for v in versions] == list(range(1, 31))
+    assert versions[-1].tags["valid_month"] == "2022-06"
+    found = registered_trainings(s, "green", "2022-01", "2022-12")
+    assert sorted(found) == [f"2022-{m:02d}" for m in range(1, 13)]
+    assert found["2022-01"].version == 25 and found["2022-01"].seconds == 24.0  # versions 1, 13, 25: the newest
+    assert found["2022-09"].promoted and not found["2022-01"].promoted  # versions 21 (promoted) and 25 (not)
+    other = store("other")
+    setup_mlflow(other)
+    assert registry.versions(other, "green") == []  # no model yet: nothing, no error
