@@ -28,7 +28,7 @@ from jobs.monitoring import job as monitor
 from jobs.platform import lakehouse, sql
 from jobs.platform.config import Settings
 from jobs.platform.context import RunContext
-from jobs.platform.errors import InputError, MonthRejected
+from jobs.platform.errors import InputError, MissingUpstream, MonthRejected
 from jobs.platform.months import add_months, check_month, month_window, months_between
 from jobs.platform.tracking import setup_mlflow
 from jobs.scoring import job as score
@@ -106,7 +106,16 @@ def land(ctx: RunContext, source: Path, month: str) -> MonthOutcome:
 def train_on_history(ctx: RunContext, until: str) -> None:
     """With no champion yet, a first training on the history months (it becomes the first champion)."""
     if registry.champion(ctx.settings, ctx.service) is None:
+        try_training(ctx, until)
+
+
+def try_training(ctx: RunContext, until: str) -> None:
+    """A training until ``until`` (the gate decides); a window that cannot fill yet (fewer than two feature months)
+    is reported and the loop goes on, as the training DAG's failed run would leave the next month to try."""
+    try:
         train.run(ctx.spark, ctx.settings, ctx.service, until)
+    except MissingUpstream as e:
+        ctx.log.warning("no training", until=until, reason=str(e))
 
 
 def replay_month(ctx: RunContext, source: Path, month: str) -> MonthOutcome:
@@ -119,10 +128,12 @@ def replay_month(ctx: RunContext, source: Path, month: str) -> MonthOutcome:
         outcome = land(ctx, source, month)
         if outcome.status != "landed":
             return outcome
-        score.run(spark, settings, service, month, skip_if_no_model=True)
-        outcome = MonthOutcome(month, "scored")
+        if score.run(spark, settings, service, month, skip_if_no_model=True).get("skipped"):
+            outcome = MonthOutcome(month, "landed", "not scored: no champion yet")
+        else:
+            outcome = MonthOutcome(month, "scored")
     monitor.run_pending(spark, settings, service)
-    train.run(spark, settings, service, month)  # registers nothing when the champion has seen the month
+    try_training(ctx, month)  # registers nothing when the champion has seen the month
     return outcome
 
 
