@@ -193,3 +193,18 @@ def test_a_registry_of_many_versions_reads_back_in_order_with_the_newest_trainin
     other = store("other")
     setup_mlflow(other)
     assert registry.versions(other, "green") == []  # no model yet: nothing, no error
+
+
+@pytest.mark.unit
+def test_a_source_folder_outside_the_allowed_roots_or_missing_is_refused_naming_it(tmp_path):
+    from jobs.ingest.job import check_source_dir
+    from jobs.platform.errors import InputError
+
+    from .conftest import settings_for
+
+    s = settings_for(tmp_path / "lakehouse")
+    with pytest.raises(InputError, match="backtest green: folder /etc is outside the allowed roots"):
+        check_source_dir(s, "/etc", "backtest green")
+    with pytest.raises(InputError, match="source folder not found: .*no-such-folder"):
+        check_source_dir(s, tmp_path / "no-such-folder", "backtest green")
+    assert check_source_dir(s, ROOT / "data" / "tlc" / "green", "backtest green") == ROOT / "data" / "tlc" / "green"

@@ -131,9 +131,7 @@ def share_in_month(bronze, month: str) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------------------------
 def _local_path(settings: Settings, source: str, label: str) -> Path:
     path = Path(urllib.parse.urlparse(source).path if source.startswith("file://") else source).resolve()
-    if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):
-        roots = ", ".join(str(r) for r in settings.data.allowed_roots)
-        raise InputError(f"{label}: source {source} is outside the allowed roots ({roots}): set data.allowed_roots")
+    _require_allowed(settings, path, f"{label}: source {source}")
     if not path.is_file():
         raise InputError(f"{label}: source file not found: {path}")
     return path
@@ -142,12 +140,16 @@ def _local_path(settings: Settings, source: str, label: str) -> Path:
 def check_source_dir(settings: Settings, directory: Path, label: str) -> Path:
     """A folder of source files (``taxi backtest --source-dir``): it must exist under one of the allowed roots."""
     path = Path(directory).resolve()
-    if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):
-        roots = ", ".join(str(r) for r in settings.data.allowed_roots)
-        raise InputError(f"{label}: folder {path} is outside the allowed roots ({roots}): set data.allowed_roots")
+    _require_allowed(settings, path, f"{label}: folder {path}")
     if not path.is_dir():
         raise InputError(f"{label}: source folder not found: {path}")
     return path
+
+
+def _require_allowed(settings: Settings, path: Path, what: str) -> None:
+    if not any(path.is_relative_to(root.resolve()) for root in settings.data.allowed_roots):
+        roots = ", ".join(str(r) for r in settings.data.allowed_roots)
+        raise InputError(f"{what} is outside the allowed roots ({roots}): set data.allowed_roots")
 
 
 def sha256(path) -> str:
