@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.backtest.policies import PolicyState, Sums, Training, WeekFacts
+from jobs.models import registry
 from jobs.models.inputs import PREDICTION, TARGET
 from jobs.models.interval import P10, P90, load_interval
 from jobs.models.prediction import predict_minutes
@@ -76,12 +77,18 @@ def replay(ctx: RunContext, months: list[str], trainings: dict[str, Training], n
         flagged = "drift" in out.states and drift_policy_flags(ctx, out, new_weeks, real, models)
         for state in out.states.values():
             state.after_month(trainings.get(month), flagged)
+    measured: dict[tuple[str, int], dict[str, Sums]] = {}  # policies often share a version: measure it once
     for name in names:
         for month in months:
-            out.sums[name][month] = version_sums(ctx, month, out.used[name][month], real[month], models)
+            key = (month, out.used[name][month])
+            if key not in measured:
+                measured[key] = version_sums(ctx, month, key[1], real[month], models)
+            out.sums[name][month] = measured[key]
     out.weeks = real_weeks(ctx, sorted(seen), out if "always" in names else None)
     used = {v for by_month in out.used.values() for v in by_month.values()}
-    out.trained_through = {v: models.get(v)[2].tags.get("trained_through", "") for v in sorted(used)}
+    out.trained_through = {
+        v: registry.version(ctx.settings, ctx.service, v).tags.get("trained_through", "") for v in sorted(used)
+    }
     return out
 
 
