@@ -102,6 +102,9 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
         assert t.retry_exponential_backoff and t.execution_timeout == timedelta(hours=1)
         assert t._conn_id == "spark_default" and t.application.endswith("jobs/entry/submit.py")
         assert t.pool == "taxi_spark"  # a backfill queues for the pool instead of starting more Spark drivers
+        # Driver and executors run the interpreter running Airflow, not `python3` from the worker's PATH.
+        assert t.conf["spark.pyspark.python"] == t.conf["spark.pyspark.driver.python"]
+        assert t.conf["spark.pyspark.python"] == "{{ var.value.get('taxi_python', '%s') }}" % sys.executable
     # The run created on 2023-04-01 (when March ended) processes March, in every task.
     run = _run_created_on(dag, "2023-04-01")
     assert _render(dag.get_task("wait_for_publication"), run) == ["2023-03"]

@@ -4,8 +4,11 @@ with beeline (the HiveServer2 client shipped in pyspark), the way Tableau, Super
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +37,17 @@ def _taxi(env, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _path_without_virtualenv() -> str:
+    """PATH as a new user's shell has it: no activated virtualenv (so `python3` there cannot import `jobs`)."""
+    venv_bin = str(Path(sys.executable).parent)
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d and d != venv_bin)
+
+
 def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdbc(golden, tmp_path):
     port = free_port()
-    env = job_env(golden.settings.lakehouse, TAXI__SPARK__MASTER="local[1]")
+    env = job_env(golden.settings.lakehouse, TAXI__SPARK__MASTER="local[1]", PATH=_path_without_virtualenv())
+    for variable in ("VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
+        env.pop(variable, None)
     started = _taxi(env, "sql-server", "start", "--port", str(port))
     try:
         assert started["url"] == f"jdbc:hive2://127.0.0.1:{port}/taxi"

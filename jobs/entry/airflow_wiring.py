@@ -8,11 +8,13 @@ Deployment knobs: the `airflow` section of the configuration (start and end mont
 publication wait), read when the DAG files are parsed; the `spark_default` connection (AIRFLOW_CONN_SPARK_DEFAULT,
 e.g. `spark://local%5B2%5D` or `spark://spark-master:7077`); the variables `taxi_jars` (comma-separated Delta and
 SynapseML JARs: the output of `taxi jars`), `taxi_driver_java_options` (the output of `taxi class-archive`: the
-drivers map the archived classes) and `taxi_py_files` (the zipped `jobs` package, for clusters).
+drivers map the archived classes), `taxi_py_files` (the zipped `jobs` package, for clusters) and `taxi_python` (the
+interpreter of the drivers and executors; default: the one running Airflow, never `python3` from PATH).
 """
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from jobs.platform.config import SERVICES as SERVICES  # the DAG files loop over
 from jobs.platform.config import load_settings
 
 ENTRYPOINT = str(Path(__file__).resolve().with_name("submit.py"))
+# spark-submit would start `python3` from the worker's PATH, which need not have the project installed.
+PYTHON = "{{ var.value.get('taxi_python', '%s') }}" % sys.executable
 SETTINGS = load_settings().airflow
 # A monthly run stands for its data interval, [1st of month M, 1st of M+1): the run created when M ends
 # processes M (a backfill with --from-date 2022-01-01 processes 2022-01 first).
@@ -65,6 +69,8 @@ def taxi_job(task_id: str, *args: str, timeout: timedelta | None = None, **kwarg
         conf={
             "spark.dynamicAllocation.enabled": "false",
             "spark.driver.defaultJavaOptions": "{{ var.value.get('taxi_driver_java_options', '') }}",
+            "spark.pyspark.python": PYTHON,
+            "spark.pyspark.driver.python": PYTHON,
         },
         execution_timeout=timeout or DEFAULT_ARGS["execution_timeout"],
         pool=SETTINGS.spark_pool,

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,12 @@ def _pid(port: int) -> int | None:
     return pid
 
 
+def submit_env() -> dict[str, str]:
+    """spark-submit starts the Python driver with `python3` from PATH unless told otherwise, and outside an activated
+    virtualenv that interpreter cannot import `jobs`: the driver runs under the interpreter running this command."""
+    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
 def start(settings: Settings, host: str, port: int, timeout_s: float) -> dict[str, Any]:
     """Launch `serve` through spark-submit in the background; return once the port answers."""
     from jobs.platform.spark import ensure_jars
@@ -187,7 +194,9 @@ def start(settings: Settings, host: str, port: int, timeout_s: float) -> dict[st
     ]
     log_path = home / "server.log"
     with log_path.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=home, env=submit_env(), start_new_session=True
+        )
     (home / "server.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s
     while not _port_open(host, port):
