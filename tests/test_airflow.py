@@ -104,7 +104,7 @@ def test_monthly_dag_runs_a_month_once_it_has_ended_and_waits_for_its_file(dagba
         assert t.pool == "taxi_spark"  # a backfill queues for the pool instead of starting more Spark drivers
         # Driver and executors run the interpreter running Airflow, not `python3` from the worker's PATH.
         assert t.conf["spark.pyspark.python"] == t.conf["spark.pyspark.driver.python"]
-        assert t.conf["spark.pyspark.python"] == "{{ var.value.get('taxi_python', '%s') }}" % sys.executable
+        assert t.conf["spark.pyspark.python"] == "{{ var.value.get('taxi_python', '" + sys.executable + "') }}"
     # The run created on 2023-04-01 (when March ended) processes March, in every task.
     run = _run_created_on(dag, "2023-04-01")
     assert _render(dag.get_task("wait_for_publication"), run) == ["2023-03"]

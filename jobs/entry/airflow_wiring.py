@@ -27,7 +27,7 @@ from jobs.platform.config import load_settings
 
 ENTRYPOINT = str(Path(__file__).resolve().with_name("submit.py"))
 # spark-submit would start `python3` from the worker's PATH, which need not have the project installed.
-PYTHON = "{{ var.value.get('taxi_python', '%s') }}" % sys.executable
+PYTHON = "{{ var.value.get('taxi_python', '" + sys.executable + "') }}"
 SETTINGS = load_settings().airflow
 # A monthly run stands for its data interval, [1st of month M, 1st of M+1): the run created when M ends
 # processes M (a backfill with --from-date 2022-01-01 processes 2022-01 first).
