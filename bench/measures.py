@@ -69,7 +69,9 @@ def bench_settings(work, rounds: int | None = None):
             "TAXI__SPARK__CONF__spark.driver.memory": "8g",
             "TAXI__SPARK__CONF__spark.ui.enabled": "false",
             "TAXI__TRAIN__REFIT": "false",
-            # The benchmark months grow 4x and 3x on purpose: not a sign of a wrong file.
+            # The benchmark months grow 4x and 3x (or shrink, after a larger training month) on purpose: not a sign
+            # of a wrong file.
+            "TAXI__VALIDATION__MIN_ROWS_VS_PREVIOUS": "0",
             "TAXI__VALIDATION__MAX_ROWS_VS_PREVIOUS": "100",
             "TAXI__TRAIN__WARM_START": "false",
         }
@@ -112,16 +114,16 @@ def plain_filter_seconds(spark, settings, month: str) -> float:
 
 
 def scoring_vs_bare(spark, settings, month: str) -> dict:
-    """Spark scoring (Arrow batches + in-place predict) vs bare Booster.inplace_predict on the same rows/cores."""
-    import numpy as np
-
-    from jobs.models.inputs import MODEL_FEATURES
-    from jobs.models.prediction import feature_matrix, predict_minutes
+    """The score job against bare prediction of the same champion: every model it predicts with (the ensemble's
+    members and the interval's two quantile models), on the same rows, with as many threads as task slots."""
+    from jobs.models.interval import load_interval
+    from jobs.models.prediction import predict_minutes
     from jobs.models.registry import load_registered
     from jobs.platform import lakehouse
     from jobs.scoring import job as score
 
-    model, _ = load_registered(settings, "yellow", alias="champion")
+    model, version = load_registered(settings, "yellow", alias="champion")
+    interval = load_interval(version.tags["interval_uri"]) if version.tags.get("interval_uri") else None
     feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "yellow", month)
     rows = feats.count()
     # 1) the whole score job: read Delta, predict, write Delta, read back for the summary.
@@ -129,22 +131,15 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
     # 2) the prediction pass alone, on Spark (read + predict, written to the no-op sink).
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score.batch_size))
     t = time.perf_counter()
-    predict_minutes(feats, model, ["trip_id"]).write.format("noop").mode("overwrite").save()
+    predict_minutes(feats, model, ["trip_id"], interval=interval).write.format("noop").mode("overwrite").save()
     predict_s = time.perf_counter() - t
-    # 3) bare: the same rows as one matrix in this process, predicted with 2 threads (the 2 task slots).
-    matrix = feature_matrix(feats.select(*MODEL_FEATURES).toPandas())
-    booster = model.booster()
-    if model.flavor == "xgboost":
-        booster.set_param({"nthread": 2})
-    t = time.perf_counter()
-    if model.flavor == "xgboost":
-        np.expm1(booster.inplace_predict(matrix))
-    else:
-        np.expm1(booster.predict(matrix, num_threads=2))
-    bare_s = time.perf_counter() - t
+    # 3) bare: the same rows as one matrix in this process, every model predicted with the slots' threads.
+    bare_s = bare_predict_seconds(model, interval, feature_rows(feats), threads=slots(settings))
+    models = [m.flavor for m in model.members] + (["lightgbm quantile"] * 2 if interval else [])
     return {
         "rows": rows,
         "flavor": model.flavor,
+        "models": models,
         "score_job_seconds": round(job_s, 2),
         "score_job_peak_mib": job_mem,
         "spark_predict_seconds": round(predict_s, 2),
@@ -152,8 +147,47 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
         "score_job_rows_per_s": round(rows / job_s),
         "spark_predict_rows_per_s": round(rows / predict_s),
         "bare_predict_rows_per_s": round(rows / bare_s),
-        "score_job_vs_bare_ratio": round(bare_s / job_s, 3),
     }
+
+
+def slots(settings) -> int:
+    """Task slots of a local master (`local[N]`): the threads a fair single-process baseline gets."""
+    import re
+
+    found = re.fullmatch(r"local\[(\d+)\]", settings.spark.master)
+    return int(found.group(1)) if found else os.cpu_count() or 1
+
+
+def feature_rows(feats):
+    """The features of a Spark DataFrame as one float32 matrix in this process (nulls as NaN)."""
+    from jobs.models.inputs import MODEL_FEATURES
+    from jobs.models.prediction import feature_matrix
+
+    return feature_matrix(feats.select(*MODEL_FEATURES).toPandas())
+
+
+def bare_predict_seconds(model, interval, matrix, threads: int) -> float:
+    """Seconds to predict ``matrix`` with every model of a champion directly on its boosters (in place, ``threads``
+    threads), including what the score job computes from them: minutes, the ensemble's mean, the interval."""
+    import numpy as np
+
+    def predictor(m):
+        if m.flavor == "xgboost":
+            booster = m.booster()
+            booster.set_param({"nthread": threads})
+            return booster.inplace_predict
+        if m.flavor == "lightgbm":
+            booster = m.booster()
+            return lambda x: booster.predict(x, num_threads=threads)
+        return m.predictor()  # a network predicts with its own thread pool
+
+    members = [predictor(m) for m in model.members]
+    bounds = [predictor(m) for m in (interval.lower, interval.upper)] if interval else []
+    t = time.perf_counter()
+    point = np.clip(np.expm1(np.mean([p(matrix) for p in members], axis=0)), 0.0, None)
+    if interval:
+        interval.bounds(point, *(p(matrix) for p in bounds))
+    return time.perf_counter() - t
 
 
 def bench_month(index: int) -> str:
@@ -161,10 +195,10 @@ def bench_month(index: int) -> str:
     return f"2024-{2 + index:02d}"
 
 
-def comparison_month(sizes: list[int]) -> str:
+def comparison_month(sizes: list[int], train_rows: int = 250_000) -> str:
     """`until` for the training comparison: the month after the largest month of at most
     TRAIN_COMPARISON_MAX_ROWS rows (that month is then the training data)."""
-    months = [(250_000, TRAIN_MONTH)] + [(rows, bench_month(i)) for i, rows in enumerate(sizes)]
+    months = [(train_rows, TRAIN_MONTH)] + [(rows, bench_month(i)) for i, rows in enumerate(sizes)]
     best = max((r, i) for i, (r, _) in enumerate(months[:-1]) if r <= TRAIN_COMPARISON_MAX_ROWS)[1]
     return months[best + 1][1]
 

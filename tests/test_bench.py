@@ -1,5 +1,6 @@
-"""The bench cannot rot silently: every project name it calls still exists where it calls it, and its arithmetic and
-report run on a made-up result. (The measurements themselves run in `make bench`; they take an hour.)"""
+"""The bench cannot rot silently: the script itself runs on tiny months in `make test` (every key of its JSON
+asserted), `make bench-tune`'s comparison in the slow tier, every project name it calls still exists where it calls
+it, and its arithmetic and report run on a made-up result. (The full measurements run in `make bench`.)"""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import ast
 import importlib
 import importlib.machinery
 import importlib.util
+import json
+import subprocess
+import sys
 import types
+from numbers import Real
 from pathlib import Path
 
 import pytest
 
 from bench import measures, run
 
-pytestmark = pytest.mark.unit
+from .processes import job_env
+
+DEFAULT_TIER = "unit"  # tests without a tier marker of their own
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -62,6 +69,7 @@ def test_the_checker_sees_a_moved_function(tmp_path):
 def _result() -> dict:
     stage = {"seconds": 2.0, "peak_mib": 100, "rows_per_s": 10_000}
     scoring = {
+        "models": ["lightgbm"],
         "score_job_seconds": 4.0,
         "spark_predict_seconds": 3.0,
         "bare_predict_seconds": 2.0,
@@ -89,26 +97,26 @@ def _result() -> dict:
             "lgbm_spark_seconds": 2.5,
             "lgbm_single_seconds": 2.0,
         },
-        "tuning": {"xgboost_parallel_2_vs_1_time_ratio": 0.9},
     }
 
 
 def test_headline_ratios_and_the_report_from_a_result():
     result = _result()
+    result["sizes"]["1000000"]["scoring"] = {**result["sizes"]["1000000"]["scoring"], "models": ["xgboost"]}
     ratios = run.headline_ratios(result, [250_000, 1_000_000])
     assert ratios == {
         "scoring_vs_bare_predict_ratio": 0.5,
         "spark_predict_vs_bare_predict_ratio": 0.6,
         "train_xgb_spark_vs_single_ratio": 1.5,
         "train_lgbm_spark_vs_single_ratio": 1.25,
-        "tuning_xgb_parallel_2_vs_1_time_ratio": 0.9,
-        "tuning_lgbm_parallel_2_vs_1_time_ratio": None,
         "validation_share_of_pipeline": 0.25,
         "validation_vs_plain_filter_ratio": 4.0,
         "rows_4x_time_ratio": 2.0,
     }
     report = run.markdown({**result, **ratios})
-    assert "| 1,000,000 | **pipeline** | 16.0 | | |" in report and "| 0.5 | ≥ 0.5 |" in report
+    assert "| 1,000,000 | **pipeline** | 16.0 | | |" in report and "| 0.5 | ≥ 0.9 |" in report
+    result["sizes"]["3000000"] = result["sizes"].pop("1000000")
+    assert run.headline_ratios(result, [250_000, 3_000_000])["rows_4x_time_ratio"] is None  # no size is 4x another
 
 
 def test_benchmark_months_follow_the_training_month_and_overlaps_are_counted():
@@ -118,3 +126,95 @@ def test_benchmark_months_follow_the_training_month_and_overlaps_are_counted():
     trials = [{"start": 0, "end": 10}, {"start": 5, "end": 15}, {"start": 20, "end": 30}]
     assert measures.overlapping(trials) == 1
     assert isinstance(run.main, types.FunctionType)
+
+
+# Every key `make bench` writes, nested: a key renamed or dropped fails here, not in the next full run.
+SIZE_KEYS = {
+    "stages",
+    "pipeline_seconds",
+    "validate_features_score_seconds",
+    "scoring",
+    "plain_filter_seconds",
+    "validation_vs_plain_filter_ratio",
+    "validation_share_of_pipeline",
+}
+SCORING_KEYS = {
+    "rows",
+    "flavor",
+    "models",
+    "score_job_seconds",
+    "score_job_peak_mib",
+    "spark_predict_seconds",
+    "bare_predict_seconds",
+    "score_job_rows_per_s",
+    "spark_predict_rows_per_s",
+    "bare_predict_rows_per_s",
+}
+TRAINING_KEYS = {"rows", "train_months"} | {
+    f"{learner}_{side}_{what}"
+    for learner in ("xgb", "lgbm")
+    for side in ("spark", "single")
+    for what in ("seconds", "peak_mib")
+}
+RATIO_KEYS = {
+    "scoring_vs_bare_predict_ratio",
+    "spark_predict_vs_bare_predict_ratio",
+    "train_xgb_spark_vs_single_ratio",
+    "train_lgbm_spark_vs_single_ratio",
+    "validation_share_of_pipeline",
+    "validation_vs_plain_filter_ratio",
+    "rows_4x_time_ratio",
+}
+COMMON_KEYS = {"machine", "started_at", "rounds", "total_seconds"}
+
+
+def _bench(lakehouse: Path, *args: str) -> tuple[dict, str]:
+    """`bench/run.py` as `make bench` runs it (its own process and Spark session) on ``lakehouse``: JSON, report."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), *args],
+        env=job_env(lakehouse),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = sorted((lakehouse / "reports" / "bench").glob("*.json"))
+    assert len(written) == 1, written
+    assert written[0].with_suffix(".md").read_text() in out.stdout
+    return json.loads(written[0].read_text()), out.stdout
+
+
+def _positive(value) -> bool:
+    return isinstance(value, Real) and value > 0
+
+
+@pytest.mark.integration
+def test_the_bench_runs_end_to_end_on_tiny_months_and_writes_every_key(tmp_path):
+    result, report = _bench(tmp_path, "--sizes", "20000,80000", "--train-rows", "20000", "--rounds", "20")
+    assert set(result) == COMMON_KEYS | RATIO_KEYS | {"sizes", "training", "train_job", "champion_version"}
+    assert all(_positive(result[k]) for k in RATIO_KEYS), {k: result[k] for k in RATIO_KEYS}
+    assert result["rounds"] == {"xgboost": 20, "lightgbm": 20}
+    assert set(result["sizes"]) == {"20000", "80000"}
+    for size in result["sizes"].values():
+        assert set(size) == SIZE_KEYS and set(size["scoring"]) == SCORING_KEYS
+        assert list(size["stages"]) == ["ingest", "validate", "features", "score"]
+        assert all(set(v) == {"seconds", "peak_mib", "rows_per_s"} for v in size["stages"].values())
+        # bare prediction covers every model the job predicts with: the champion's and the interval's two
+        assert len(size["scoring"]["models"]) >= 3 and size["scoring"]["models"][-2:] == ["lightgbm quantile"] * 2
+    assert set(result["training"]) == TRAINING_KEYS and result["training"]["train_months"] == ["2024-02"]
+    assert set(result["train_job"]) == {"seconds", "peak_mib", "best", "best_rmse"}
+    assert "| scoring job rows/s ÷ bare predict of the same models |" in report
+
+
+@pytest.mark.slow
+def test_the_tuning_comparison_runs_on_tiny_months(tmp_path):
+    result, report = _bench(tmp_path, "--tune", "--sizes", "20000", "--rounds", "10", "--trials", "2")
+    ratios = {"tuning_xgb_parallel_2_vs_1_time_ratio", "tuning_lgbm_parallel_2_vs_1_time_ratio"}
+    assert set(result) == COMMON_KEYS | ratios | {"tuning"}
+    assert all(_positive(result[k]) for k in ratios)
+    tuning = result["tuning"]
+    assert tuning["trials"] == 2 and tuning["train_months"] == ["2024-01", "2024-02"]
+    for learner in ("xgboost", "lightgbm"):
+        assert tuning[f"{learner}_parallel_2"]["overlapping_trials"] >= 1  # two at once did run at once
+        assert tuning[f"{learner}_parallel_1"]["overlapping_trials"] == 0
+    assert "A ratio below 1 favours" in report
