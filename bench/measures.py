@@ -190,6 +190,25 @@ def bare_predict_seconds(model, interval, matrix, threads: int) -> float:
     return time.perf_counter() - t
 
 
+def monitoring_cost(spark, settings, month: str) -> dict:
+    """The monitor run of the month's first complete week against refreshing its metric tables alone (the run
+    includes that refresh; the ratio is against the rest of it)."""
+    from jobs.monitoring import job as monitor
+    from jobs.monitoring import metric_tables
+    from jobs.monitoring.weeks import complete_weeks
+
+    week = complete_weeks([month])[0]
+    _, run_s, mem = timed(monitor.run, spark, settings, "yellow", week)
+    _, tables_s, _ = timed(metric_tables.refresh_week, spark, settings, "yellow", week, "bench-metrics")
+    return {
+        "week": week,
+        "monitor_seconds": round(run_s, 2),
+        "monitor_peak_mib": mem,
+        "metric_tables_seconds": round(tables_s, 2),
+        "metric_tables_vs_monitor_ratio": round(tables_s / max(run_s - tables_s, 1e-9), 3),
+    }
+
+
 def bench_month(index: int) -> str:
     """Months follow TRAIN_MONTH without gaps, so every one has its previous month for a train/validation split."""
     return f"2024-{2 + index:02d}"

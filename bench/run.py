@@ -32,6 +32,7 @@ from bench.measures import (  # noqa: E402  (after the path: run as a script)
     bench_month,
     bench_settings,
     comparison_month,
+    monitoring_cost,
     plain_filter_seconds,
     run_pipeline,
     scoring_vs_bare,
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
         result.update(tuning_ratios(result["tuning"]))
     else:
         result["sizes"] = measure_sizes(spark, settings, inputs, args.sizes, args.train_rows, result)
+        result["monitoring"] = monitoring_cost(spark, settings, bench_month(len(args.sizes) - 1))
         result["training"] = training_vs_single(spark, settings, comparison_month(args.sizes, args.train_rows))
         result.update(headline_ratios(result, args.sizes))
     result["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -179,6 +181,7 @@ def headline_ratios(result: dict, sizes: list[int]) -> dict:
         "train_lgbm_spark_vs_single_ratio": round(t["lgbm_spark_seconds"] / t["lgbm_single_seconds"], 2),
         "validation_share_of_pipeline": last["validation_share_of_pipeline"],
         "validation_vs_plain_filter_ratio": last["validation_vs_plain_filter_ratio"],
+        "metric_tables_vs_monitor_ratio": result["monitoring"]["metric_tables_vs_monitor_ratio"],
         # pipeline time at 4x the rows, from the first pair of sizes where one is four times the other
         "rows_4x_time_ratio": (
             round(
@@ -238,6 +241,8 @@ def markdown(r: dict) -> str:
         f"| validation share of the pipeline | {r['validation_share_of_pipeline']} | |",
         f"| GX validation ÷ plain Spark filter (same rules) | {r['validation_vs_plain_filter_ratio']} | ≤ 4 |",
         f"| pipeline time at 4× rows | {r['rows_4x_time_ratio']} | ≤ 2.5 |",
+        f"| metric tables of a week ÷ the rest of its monitor run ({r['monitoring']['week']}) | "
+        f"{r['metric_tables_vs_monitor_ratio']} | ≤ 1.5 |",
     ]
     return "\n".join(lines) + "\n"
 

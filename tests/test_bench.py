@@ -90,6 +90,7 @@ def _result() -> dict:
         "started_at": "2026-12-06T20:00:00",
         "rounds": {"xgboost": 20, "lightgbm": 20},
         "sizes": {"250000": size, "1000000": {**size, "pipeline_seconds": 16.0}},
+        "monitoring": {"week": "2024-W06", "metric_tables_vs_monitor_ratio": 0.4},
         "training": {
             "rows": 20_000,
             "xgb_spark_seconds": 3.0,
@@ -111,6 +112,7 @@ def test_headline_ratios_and_the_report_from_a_result():
         "train_lgbm_spark_vs_single_ratio": 1.25,
         "validation_share_of_pipeline": 0.25,
         "validation_vs_plain_filter_ratio": 4.0,
+        "metric_tables_vs_monitor_ratio": 0.4,
         "rows_4x_time_ratio": 2.0,
     }
     report = run.markdown({**result, **ratios})
@@ -164,6 +166,7 @@ RATIO_KEYS = {
     "validation_share_of_pipeline",
     "validation_vs_plain_filter_ratio",
     "rows_4x_time_ratio",
+    "metric_tables_vs_monitor_ratio",
 }
 COMMON_KEYS = {"machine", "started_at", "rounds", "total_seconds"}
 
@@ -191,7 +194,20 @@ def _positive(value) -> bool:
 @pytest.mark.integration
 def test_the_bench_runs_end_to_end_on_tiny_months_and_writes_every_key(tmp_path):
     result, report = _bench(tmp_path, "--sizes", "20000,80000", "--train-rows", "20000", "--rounds", "20")
-    assert set(result) == COMMON_KEYS | RATIO_KEYS | {"sizes", "training", "train_job", "champion_version"}
+    assert set(result) == COMMON_KEYS | RATIO_KEYS | {
+        "sizes",
+        "training",
+        "train_job",
+        "champion_version",
+        "monitoring",
+    }
+    assert set(result["monitoring"]) == {
+        "week",
+        "monitor_seconds",
+        "monitor_peak_mib",
+        "metric_tables_seconds",
+        "metric_tables_vs_monitor_ratio",
+    }
     assert all(_positive(result[k]) for k in RATIO_KEYS), {k: result[k] for k in RATIO_KEYS}
     assert result["rounds"] == {"xgboost": 20, "lightgbm": 20}
     assert set(result["sizes"]) == {"20000", "80000"}

@@ -62,9 +62,11 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
             "SHOW TABLES IN taxi;\n!columns predictions\nSELECT month, count(*) AS n, "
             "round(avg(predicted_duration_min), 6) AS mean FROM taxi.predictions GROUP BY month;\n"
             "SELECT 'lineage' AS tag, count(*), min(source_checksum), max(source_checksum), "
-            "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n",
+            "min(validation_verdict), max(model_version) FROM taxi.prediction_lineage;\n"
+            + "".join(f"{path.read_text().rstrip()};\n" for path in BI_QUERIES),
             tmp_path,
         )
+        dashboards = _dashboard_queries_through_sqlalchemy(port)
     finally:
         stopped = _taxi(env, "sql-server", "stop", "--port", str(port))
     assert stopped["stopped"]
@@ -88,6 +90,61 @@ def test_bi_tools_list_the_tables_and_their_columns_and_read_the_scores_over_jdb
     lineage = next(line for line in out.splitlines() if line.startswith("lineage,")).split(",")
     expected = [str(len(preds)), landed["checksum"], landed["checksum"], "passed", str(preds["model_version"].max())]
     assert lineage == ["lineage", *expected], lineage
+    # Every dashboard query ran in beeline (a header line per result), and through SQLAlchemy with the table's numbers.
+    for header in ("service,week,model_version,known_trips,rmse", "service,week,borough", "service,week,feature"):
+        assert header in out, (header, out[-3000:])
+    _check_dashboards(golden.settings, dashboards)
+
+
+BI_QUERIES = sorted((Path(__file__).resolve().parents[1] / "docs" / "bi").glob("*.sql"))
+
+
+def _dashboard_queries_through_sqlalchemy(port: int) -> dict:
+    """What a dashboard tool connected like Superset (SQLAlchemy with PyHive's `hive://` dialect) lists and reads:
+    the tables of `taxi`, the metric table's columns, and every query of docs/bi as pandas."""
+    import pandas as pd
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(f"hive://analyst@127.0.0.1:{port}/taxi")
+    try:
+        with engine.connect() as connection:
+            # Spark's SHOW TABLES has three columns (PyHive's inspector would take the first, the database's name).
+            out = {
+                "tables": [row.tableName for row in connection.execute(text("SHOW TABLES IN taxi"))],
+                "columns": [c["name"] for c in inspect(connection).get_columns("accuracy_metrics", schema="taxi")],
+            }
+            for path in BI_QUERIES:
+                out[path.stem] = pd.read_sql_query(text(path.read_text()), connection)
+    finally:
+        engine.dispose()
+    return out
+
+
+def _check_dashboards(settings, got: dict) -> None:
+    from deltalake import DeltaTable
+
+    def table(t):
+        return DeltaTable(t.path(settings)).to_pandas()
+
+    assert {"accuracy_metrics", "predictions", "drift"} <= set(got["tables"])
+    assert {"window_type", "window", "slice_key", "slice_value", "model_version", "rmse", "coverage"} <= set(
+        got["columns"]
+    )
+    metrics = table(lakehouse.ACCURACY_METRICS)
+    weekly = metrics[(metrics.window_type == "week") & metrics.slice_key.isna()].sort_values("window")
+    trend = got["accuracy_trend"]
+    assert list(trend.week) == list(weekly.window) and len(trend) == 3
+    assert list(trend.rmse) == pytest.approx(list(weekly.rmse), abs=1e-9)
+    assert list(trend.coverage) == pytest.approx(list(weekly.coverage), abs=1e-9)
+    boroughs = metrics[(metrics.window_type == "week") & (metrics.slice_key == "pu_borough") & (metrics.n >= 30)]
+    heat = got["borough_heatmap"]
+    assert len(heat) == len(boroughs) > 3 and heat.known_trips.min() >= 30
+    drift = table(lakehouse.DRIFT)
+    assert len(got["drift_strip"]) == int(drift.judged.sum()) > 0
+    volumes = got["volumes"]
+    preds = table(lakehouse.PREDICTIONS)
+    assert list(volumes.trips) == [len(preds)] and list(volumes.month) == ["2023-02"]
+    assert volumes.known_trips.item() == int(preds.in_training_range.sum())
 
 
 @pytest.mark.unit

@@ -21,7 +21,7 @@ from jobs.models.prediction import predict_minutes
 from jobs.models.registry import load_registered
 from jobs.monitoring.job import Reference, week_verdict
 from jobs.monitoring.stats import retrain_decision
-from jobs.monitoring.weeks import complete_weeks
+from jobs.monitoring.weeks import complete_weeks, week_key
 from jobs.platform import lakehouse, sql
 from jobs.platform.context import RunContext
 from jobs.platform.months import wall_clock, week_bounds, week_months
@@ -109,16 +109,6 @@ def real_versions(ctx: RunContext, months: list[str]) -> dict[str, int]:
         if r["count"] > best.get(r.month, (-1, 0))[0]:
             best[r.month] = (r["count"], int(r.model_version))
     return {m: v for m, (_, v) in best.items()}
-
-
-def week_key(column: str = "pickup_datetime"):
-    """The ISO week (YYYY-Www) of a wall-clock timestamp column, as the monitor names weeks."""
-    from pyspark.sql import functions as F
-
-    day = F.to_date(column)
-    iso_weekday = (F.dayofweek(day) + 5) % 7 + 1  # Monday 1 .. Sunday 7
-    thursday = F.date_add(day, 4 - iso_weekday)  # the ISO year is the year of the week's Thursday
-    return F.format_string("%d-W%02d", F.year(thursday), F.weekofyear(day))
 
 
 def error_sums(scored, actual: str) -> dict[str, Sums]:

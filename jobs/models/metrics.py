@@ -66,24 +66,29 @@ def with_bands(df):
     return banded(df, "trip_distance", DISTANCE_BANDS, "distance_band") if "trip_distance" in df.columns else df
 
 
+def with_slices(df, dims: list[str], key: str = "slice_key", value: str = "slice_value"):
+    """Every row once for the whole population (``key`` and ``value`` null) and once per column of ``dims`` (``key``
+    the column's name, ``value`` its value as a string): grouping by them aggregates every slice in one pass."""
+    from pyspark.sql import functions as F
+
+    keys = [F.struct(F.lit(None).cast("string").alias(key), F.lit(None).cast("string").alias(value))]
+    keys += [F.struct(F.lit(d).alias(key), F.col(d).cast("string").alias(value)) for d in dims]
+    return df.select("*", F.explode(F.array(*keys)).alias("_slice")).select("*", "_slice.*").drop("_slice")
+
+
 def full_metrics(predictions) -> dict[str, float]:
     """Overall metrics plus RMSE/MAE per pickup borough, hour band and (with ``trip_distance``) distance band.
 
     One aggregation over the predictions: each row is counted once overall and once in each of its groups.
     """
-    from pyspark.sql import functions as F
-
     pred = with_bands(predictions)
     dims = [d for d in ("pu_borough", "hour_band", "distance_band") if d in pred.columns]
-    keys = [F.struct(F.lit("").alias("dim"), F.lit("").alias("grp"))]
-    keys += [F.struct(F.lit(d).alias("dim"), F.col(d).cast("string").alias("grp")) for d in dims]
-    exploded = pred.select("*", F.explode(F.array(*keys)).alias("_key"))
-    rows = exploded.groupBy("_key.dim", "_key.grp").agg(*metric_exprs()).collect()
+    rows = with_slices(pred, dims, "dim", "grp").groupBy("dim", "grp").agg(*metric_exprs()).collect()
     metrics: dict[str, float] = {}
     for row in rows:
         d = row.asDict()
         dim, grp = d.pop("dim"), d.pop("grp")
-        if dim == "":
+        if dim is None:
             metrics.update({k: float(v) for k, v in d.items() if v is not None})
             continue
         key = str(grp).replace(" ", "_").replace("/", "_")
@@ -93,10 +98,20 @@ def full_metrics(predictions) -> dict[str, float]:
     return metrics
 
 
-def coverage_metrics(df, lower: str = P10, upper: str = P90, actual: str = TARGET, by: str | None = None):
-    """Share of rows whose actual duration lies inside [lower, upper] and the mean width, overall or per group."""
+def coverage_exprs(lower: str = P10, upper: str = P90, actual: str = TARGET, where=None) -> list:
+    """Aggregate expressions: the share of rows whose actual duration lies inside [lower, upper] and the mean
+    width, over the rows that have both (and ``where``, if given)."""
     from pyspark.sql import functions as F
 
+    has_both = F.col(lower).isNotNull() & F.col(actual).isNotNull()
+    counted = has_both if where is None else has_both & where
     inside = ((F.col(actual) >= F.col(lower)) & (F.col(actual) <= F.col(upper))).cast("double")
-    aggs = [F.avg(inside).alias("coverage"), F.avg(F.col(upper) - F.col(lower)).alias("interval_width")]
-    return aggregate(df.where(F.col(lower).isNotNull() & F.col(actual).isNotNull()), aggs, by)
+    return [
+        F.avg(F.when(counted, inside)).alias("coverage"),
+        F.avg(F.when(counted, F.col(upper) - F.col(lower))).alias("interval_width"),
+    ]
+
+
+def coverage_metrics(df, lower: str = P10, upper: str = P90, actual: str = TARGET, by: str | None = None):
+    """Share of rows whose actual duration lies inside [lower, upper] and the mean width, overall or per group."""
+    return aggregate(df, coverage_exprs(lower, upper, actual), by)

@@ -8,6 +8,13 @@ from jobs.platform.arguments import add_service, week, with_spark
 def monitor(settings, args):
     from jobs.monitoring import job
 
+    if args.metrics:
+        from jobs.monitoring import metric_tables
+        from jobs.platform.lakehouse import new_run_id
+
+        return with_spark(
+            settings, args.command, lambda s: metric_tables.fill(s, settings, args.service, new_run_id("metrics"))
+        )
     if args.pending:
         return with_spark(settings, args.command, lambda s: job.run_pending(s, settings, args.service, args.exit_code))
     return with_spark(settings, args.command, lambda s: job.run(s, settings, args.service, args.week, args.exit_code))
@@ -30,6 +37,12 @@ def register(commands) -> None:
         action="store_true",
         help="every complete ISO week of the scored months without a report yet, oldest first (a week spanning "
         "two months waits for both); nothing pending exits 0",
+    )
+    which.add_argument(
+        "--metrics",
+        action="store_true",
+        help="fill monitoring/accuracy_metrics for every week already reported and its months (after an upgrade, "
+        "or after changing monitor.slices); each monitor run writes its own week's rows",
     )
     p.add_argument("--exit-code", action="store_true", help="exit 10 when drift or error calls for retraining")
     p.set_defaults(func=monitor)

@@ -13,23 +13,42 @@ from jobs.platform.errors import MissingUpstream
 from jobs.platform.months import add_weeks, month_start, wall_clock, week_bounds, week_months
 
 
+def week_key(column: str = "pickup_datetime"):
+    """The ISO week (YYYY-Www) of a wall-clock timestamp column, as the monitor names weeks."""
+    from pyspark.sql import functions as F
+
+    day = F.to_date(column)
+    iso_weekday = (F.dayofweek(day) + 5) % 7 + 1  # Monday 1 .. Sunday 7
+    thursday = F.date_add(day, 4 - iso_weekday)  # the ISO year is the year of the week's Thursday
+    return F.format_string("%d-W%02d", F.year(thursday), F.weekofyear(day))
+
+
 def scored_week(spark, settings: Settings, service: str, week: str, table=lakehouse.PREDICTIONS):
     """The week's trips scored into ``table`` with their features (only the week's month partitions are read)."""
+    return scored_trips(spark, settings, service, week_months(week), table, picked_up_in(week))
+
+
+def picked_up_in(week: str):
+    """The condition: a trip's wall-clock pickup lies in the ISO week (Monday 00:00 to the next Monday)."""
+    from pyspark.sql import functions as F
+
+    start, end = week_bounds(week)
+    return (F.col("pickup_datetime") >= wall_clock(start)) & (F.col("pickup_datetime") < wall_clock(end))
+
+
+def scored_trips(spark, settings: Settings, service: str, months: list[str], table=lakehouse.PREDICTIONS, where=None):
+    """The months' trips scored into ``table`` (those matching ``where``, a condition on its columns) joined with
+    their features; only those months' partitions are read."""
     from pyspark.sql import functions as F
 
     if not lakehouse.exists(settings, table):
-        raise MissingUpstream(f"{table.relpath} is empty: run `taxi score --service {service}` for {week} first")
-    start, end = week_bounds(week)
-    months = week_months(week)
-    scored = lakehouse.read(spark, settings, table)
+        raise MissingUpstream(f"{table.relpath} is empty: run `taxi score --service {service}` for {months} first")
+    scored = (
+        lakehouse.read(spark, settings, table).where(F.col("service") == service).where(F.col("month").isin(months))
+    )
     # Intervals: null for trips scored before the model had them (an older table lacks the columns altogether).
     bounds = [F.col(c) if c in scored.columns else F.lit(None).cast("double").alias(c) for c in (P10, P90)]
-    preds = (
-        scored.where(F.col("service") == service)
-        .where(F.col("month").isin(months))
-        .where((F.col("pickup_datetime") >= wall_clock(start)) & (F.col("pickup_datetime") < wall_clock(end)))
-        .select("trip_id", PREDICTION, *bounds, "model_version")
-    )
+    preds = (scored if where is None else scored.where(where)).select("trip_id", PREDICTION, *bounds, "model_version")
     feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
     return feats.where(F.col("month").isin(months)).join(preds, "trip_id")
 

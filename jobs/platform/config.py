@@ -220,6 +220,9 @@ class MonitorConfig(_Section):
     # accuracy breach, like an RMSE over its limit.
     coverage_min: float = Field(0.75, gt=0, lt=1)
     coverage_max: float = Field(0.85, gt=0, le=1)
+    # The segments of the metric tables (`monitoring/accuracy_metrics`): columns of the scored trips with their
+    # features, plus `hour_band` and `distance_band`; every window also gets a whole-population row.
+    slices: list[str] = Field(default_factory=lambda: ["pu_borough", "hour_band", "distance_band", "VendorID"])
 
     @model_validator(mode="after")
     def _coverage_range(self) -> MonitorConfig:

@@ -47,7 +47,20 @@ SHADOW_PREDICTIONS = Table("shadow_predictions", "gold/shadow_predictions", prod
 DRIFT = Table("drift", "monitoring/drift", ("service",), "taxi monitor")
 # What `taxi backtest` measured: one row per (replayed range, month, policy, metric).
 BACKTEST = Table("backtest", "monitoring/backtest", ("service",), "taxi backtest")
-ALL_TABLES = (BRONZE, TRIPS, QUARANTINE, VALIDATION_RUNS, FEATURES, PREDICTIONS, SHADOW_PREDICTIONS, DRIFT, BACKTEST)
+# Accuracy per window (ISO week or month) x slice x model version: what dashboards chart over time and segments.
+ACCURACY_METRICS = Table("accuracy_metrics", "monitoring/accuracy_metrics", ("service",), "taxi monitor")
+ALL_TABLES = (
+    BRONZE,
+    TRIPS,
+    QUARANTINE,
+    VALIDATION_RUNS,
+    FEATURES,
+    PREDICTIONS,
+    SHADOW_PREDICTIONS,
+    DRIFT,
+    BACKTEST,
+    ACCURACY_METRICS,
+)
 CATALOG_DB = "taxi"
 
 

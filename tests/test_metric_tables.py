@@ -1,0 +1,150 @@
+"""Metric tables: accuracy per window x slice x model version, as a dashboard reads them. The golden lakehouse's
+monitor runs wrote them; pandas recomputes them from `gold/predictions` and the features; `taxi monitor --metrics`
+fills them again, to the same rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from jobs.models.inputs import PREDICTION, TARGET
+from jobs.models.interval import P10, P90
+from jobs.monitoring import metric_tables
+from jobs.platform import lakehouse
+from jobs.platform.config import ConfigError
+from jobs.platform.months import week_bounds
+
+from .conftest import GOLDEN_WEEK, GOLDEN_WEEKS, partition_rows
+
+DEFAULT_TIER = "integration"  # tests without a tier marker of their own
+KEYS = ["service", "window_type", "window", "slice_key", "slice_value", "model_version"]
+MEASURES = ["trips", "n", "rmse", "mae", "rmsle", "bias", "coverage", "interval_width"]
+
+
+def _table(settings) -> pd.DataFrame:
+    return DeltaTable(lakehouse.ACCURACY_METRICS.path(settings)).to_pandas()
+
+
+def _scored(settings) -> pd.DataFrame:
+    """2023-02 as scored, with the features a slice needs, in pandas (delta-rs, no Spark)."""
+    preds = partition_rows(settings, lakehouse.PREDICTIONS, "green", "2023-02")
+    feats = partition_rows(
+        settings,
+        lakehouse.FEATURES,
+        "green",
+        "2023-02",
+        ["trip_id", "pu_borough", "VendorID", "in_training_range", TARGET],
+    )
+    return preds[["trip_id", "pickup_datetime", "model_version", PREDICTION, P10, P90]].merge(feats, on="trip_id")
+
+
+def _in_week(trips: pd.DataFrame, week: str) -> pd.DataFrame:
+    start, end = week_bounds(week)
+    picked = pd.to_datetime(trips.pickup_datetime)
+    return trips[(picked >= pd.Timestamp(start)) & (picked < pd.Timestamp(end))]
+
+
+def test_one_row_per_week_and_borough_with_the_numbers_pandas_recomputes(golden):
+    table, trips = _table(golden.settings), _scored(golden.settings)
+    assert not table.duplicated(KEYS).any()
+    assert set(table.slice_key.dropna()) == set(golden.settings.monitor.slices)
+    by_borough = table[(table.window_type == "week") & (table.slice_key == "pu_borough")]
+    assert set(by_borough.window) == set(GOLDEN_WEEKS)
+    for week in GOLDEN_WEEKS:  # every borough with a scored trip that week, once (one version scored them all)
+        rows = by_borough[by_borough.window == week]
+        assert sorted(rows.slice_value) == sorted(_in_week(trips, week).pu_borough.unique())
+        assert set(rows.model_version) == set(trips.model_version)
+    week = _in_week(trips, GOLDEN_WEEK)
+    for borough in ("Queens", "Manhattan"):
+        got = by_borough[(by_borough.window == GOLDEN_WEEK) & (by_borough.slice_value == borough)].iloc[0]
+        mine = week[week.pu_borough == borough]
+        known = mine[mine.in_training_range]
+        err = known[PREDICTION] - known[TARGET]
+        inside = (known[TARGET] >= known[P10]) & (known[TARGET] <= known[P90])
+        assert got.trips == len(mine) and got.n == len(known) > 100
+        assert got.rmse == pytest.approx(float(np.sqrt((err**2).mean())), abs=1e-6)
+        assert got.mae == pytest.approx(float(err.abs().mean()), abs=1e-6)
+        assert got.bias == pytest.approx(float(err.mean()), abs=1e-6)
+        assert got.coverage == pytest.approx(float(inside.mean()), abs=1e-6)
+        assert got.interval_width == pytest.approx(float((known[P90] - known[P10]).mean()), abs=1e-6)
+
+
+def test_whole_population_rows_agree_with_the_weekly_reports_and_months_are_windows_too(golden):
+    table = _table(golden.settings)
+    whole = table[table.slice_key.isna()]
+    assert whole.slice_value.isna().all()
+    for week in GOLDEN_WEEKS:
+        report = golden.summaries[f"monitor {week}"]
+        row = whole[(whole.window_type == "week") & (whole.window == week)].iloc[0]
+        assert row.model_version == report["model_version"] and row.n == report["known_rows"]
+        assert row.trips == report["current_rows"]
+        for metric in ("rmse", "mae", "bias", "coverage", "interval_width"):
+            assert row[metric] == pytest.approx(report["performance"][metric], abs=1e-9), metric
+    # The weeks reported touch only 2023-02: its month row covers every scored trip of the month.
+    months = whole[whole.window_type == "month"]
+    assert list(months.window) == ["2023-02"]
+    assert months.trips.item() == len(partition_rows(golden.settings, lakehouse.PREDICTIONS, "green", "2023-02"))
+
+
+def test_the_fill_command_rebuilds_the_same_rows_and_a_rerun_changes_nothing(spark, lake, cli_lakehouse, capsys):
+    from jobs.entry.cli import main
+
+    expected = _table(lake).drop(columns=["run_id", "computed_at"]).sort_values(KEYS, na_position="first")
+    spark.sql(f"DELETE FROM delta.`{lakehouse.ACCURACY_METRICS.path(lake)}`")
+    cli_lakehouse(lake)
+    for _ in range(2):
+        capsys.readouterr()
+        assert main(["monitor", "--service", "green", "--metrics"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["weeks"] == list(GOLDEN_WEEKS) and out["months"] == ["2023-02"]
+        got = _table(lake).drop(columns=["run_id", "computed_at"]).sort_values(KEYS, na_position="first")
+        assert len(got) == len(expected)
+        pd.testing.assert_frame_equal(
+            got.reset_index(drop=True), expected.reset_index(drop=True), check_exact=False, rtol=1e-9
+        )
+
+
+@pytest.mark.spark
+def test_every_version_gets_its_own_rows_and_an_unknown_slice_is_named(spark):
+    from pyspark.sql import functions as F
+
+    rows = [  # (trip, version, borough, pickup_hour, actual, predicted, in range)
+        (1, 3, "Queens", 8.5, 10.0, 12.0, True),
+        (2, 3, "Queens", 23.0, 20.0, 17.0, True),
+        (3, 3, "Bronx", 8.0, 90.0, 30.0, False),
+        (1, 4, "Queens", 8.5, 10.0, 11.0, True),
+    ]
+    trips = (
+        spark.createDataFrame(
+            rows,
+            "trip_id int, model_version int, pu_borough string, pickup_hour double, duration_min double, "
+            "predicted_duration_min double, in_training_range boolean",
+        )
+        .withColumn(P10, F.col(PREDICTION) - 2)
+        .withColumn(P90, F.col(PREDICTION) + 2)
+    )
+    got = metric_tables.accuracy_metrics(trips, ["pu_borough", "hour_band"], "green", "week", F.lit("2023-W06"))
+    table = {(r.slice_key, r.slice_value, r.model_version): r for r in got.collect()}
+    assert set(table) == {
+        (None, None, 3),
+        ("pu_borough", "Queens", 3),
+        ("pu_borough", "Bronx", 3),
+        ("hour_band", "morning_peak", 3),
+        ("hour_band", "late", 3),
+        (None, None, 4),
+        ("pu_borough", "Queens", 4),
+        ("hour_band", "morning_peak", 4),
+    }
+    whole = table[(None, None, 3)]
+    assert (whole.trips, whole.n) == (3, 2)  # the out-of-range trip is counted, not measured
+    assert whole.rmse == pytest.approx(np.sqrt((4 + 9) / 2)) and whole.bias == pytest.approx(-0.5)
+    assert whole.coverage == pytest.approx(0.5)  # 10 in [10, 14]; 20 outside [15, 19]
+    bronx = table[("pu_borough", "Bronx", 3)]
+    assert bronx.trips == 1 and bronx.n == 0 and bronx.rmse is None
+    assert table[(None, None, 4)].rmse == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="monitor.slices names borough"):
+        metric_tables.accuracy_metrics(trips, ["borough"], "green", "week", F.lit("2023-W06"))
