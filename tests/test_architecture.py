@@ -23,6 +23,7 @@ STAGE_EDGES = {
     "training": {"features"},  # the freshness check before a window is trained
     "lineage": {"ingest"},  # the raw file a bronze row came from
     "promotion": {"monitoring"},  # the shadow weeks a challenger won
+    "monitoring": {"validation"},  # the service page: the months landed, their verdicts and Data Docs pages
     # the operating loop replayed: the jobs the DAGs run, in calendar order
     "backtest": {"ingest", "validation", "features", "scoring", "monitoring", "training"},
 }

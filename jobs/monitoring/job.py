@@ -22,7 +22,7 @@ from jobs.models import registry
 from jobs.models.binning import binned_counts
 from jobs.models.inputs import PREDICTION, TARGET
 from jobs.models.profile import accuracy, continuous_sample, profile_parts
-from jobs.monitoring import metric_tables
+from jobs.monitoring import metric_tables, service_page
 from jobs.monitoring import shadow_compare as shadow
 from jobs.monitoring.report import AccuracyFigures, DriftFigures, html_report, zone_names
 from jobs.monitoring.shadow_compare import scoring_version
@@ -125,7 +125,12 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
     drift_version, trend = write_drift(ctx, summary, measured, ref)
     metric_versions = metric_tables.refresh_week(spark, settings, service, week, ctx.run_id)
     report_path = publish_report(ctx, mlflow, summary, measured, ref, trend)
-    summary.update(drift_version=drift_version, metric_table_versions=metric_versions, run_id=ctx.run_id)
+    summary.update(
+        drift_version=drift_version,
+        metric_table_versions=metric_versions,
+        service_page=str(service_page.publish(spark, settings, service)),
+        run_id=ctx.run_id,
+    )
     (report_path.parent / f"{week}.json").write_text(json.dumps(summary, indent=1, default=str))
     current.unpersist()
     ctx.log.info(

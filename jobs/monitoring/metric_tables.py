@@ -11,8 +11,8 @@ counts every scored trip of the slice, known duration or not.
 One aggregation pass per window type: each trip is counted once for the population and once in each of its slices
 (exploded keys), grouped by window, slice and version; no loop over slices. Every monitor run rewrites the rows of
 its week and of the months the week touches (scoring is monthly, so a month is whole once one of its weeks is
-reported); ``taxi monitor --metrics`` fills every window already reported. A window's rows are replaced, never
-appended: a rerun leaves the same table.
+reported); ``taxi monitor --metrics`` fills every window already reported and rebuilds the service's page. A
+window's rows are replaced, never appended: a rerun leaves the same table.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from jobs.models.inputs import PREDICTION
 from jobs.models.metrics import coverage_exprs, metric_exprs, with_bands, with_slices
+from jobs.monitoring import service_page
 from jobs.monitoring.weeks import picked_up_in, scored_trips, week_key
 from jobs.platform import lakehouse, sql
 from jobs.platform.config import ConfigError, Settings
@@ -119,4 +120,5 @@ def fill(spark, settings: Settings, service: str, run_id: str) -> dict[str, Any]
         "week": write(settings, weekly, service, "week", weeks, run_id),
         "month": write(settings, monthly, service, "month", months, run_id),
     }
-    return {"service": service, "weeks": weeks, "months": months, "versions": versions}
+    page = service_page.publish(spark, settings, service)
+    return {"service": service, "weeks": weeks, "months": months, "versions": versions, "service_page": str(page)}
