@@ -84,7 +84,7 @@ def gather(spark, settings: Settings, service: str, page) -> ServiceFacts:
         "Bake-offs": _pages(reports / "bakeoff" / service, page),
         "Backtests": _pages(reports / "backtest" / service, page),
         "Validation": [
-            ("every service's months", os.path.relpath(gx.published_root(settings) / gx.OVERVIEW, page.parent))
+            ("every service's months", storage.relative_href(gx.published_root(settings) / gx.OVERVIEW, page.parent))
         ],
     }
     return facts
@@ -94,7 +94,7 @@ def _pages(folder, page) -> list[tuple[str, str]]:
     if not storage.exists(folder):
         return []
     found = sorted(p for p in folder.iterdir() if p.name.endswith(".html"))
-    return [(p.stem, os.path.relpath(p, page.parent)) for p in found]
+    return [(p.stem, storage.relative_href(p, page.parent)) for p in found]
 
 
 def version_history(settings: Settings, service: str) -> list[dict[str, Any]]:

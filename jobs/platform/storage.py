@@ -124,6 +124,17 @@ def exists(path: Any) -> bool:
     return path.exists()
 
 
+def relative_href(target: Any, base_dir: Any) -> str:
+    """A link from a page in ``base_dir`` to ``target`` (both in the lakehouse, local or in one bucket), as a
+    relative URL: pages link to each other the same way on disk and on object storage."""
+    import posixpath
+
+    def key(p: Any) -> str:
+        return p.path if is_remote(p) else Path(p).as_posix()
+
+    return posixpath.relpath(key(target), key(base_dir))
+
+
 def makedirs(path: Any) -> None:
     """Create a folder (a no-op on object storage, where folders are key prefixes)."""
     if not is_remote(path):

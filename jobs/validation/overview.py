@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jobs.platform import storage
 from jobs.platform.reports.figures import png_base64
 
 
@@ -113,7 +114,7 @@ def data_docs_links(site: Path, page: Path, rows: list[dict[str, Any]]) -> dict[
         found = sorted((site / "validations").glob(f"*_rows/{run['service']}-{run['month']}-{run['run_id']}/*/*.html"))
         found = found or sorted((site / "validations").glob(f"*/{run['service']}-{run['month']}-{run['run_id']}/*/*"))
         if found:
-            links[(run["service"], run["month"])] = Path(os.path.relpath(found[0], page.parent)).as_posix()
+            links[(run["service"], run["month"])] = storage.relative_href(found[0], page.parent)
     return links
 
 
