@@ -37,7 +37,7 @@ def _scored(settings) -> pd.DataFrame:
         lakehouse.FEATURES,
         "green",
         "2023-02",
-        ["trip_id", "pu_borough", "VendorID", "in_training_range", TARGET],
+        ["trip_id", "pu_borough", "PULocationID", "VendorID", "in_training_range", TARGET],
     )
     return preds[["trip_id", "pickup_datetime", "model_version", PREDICTION, P10, P90]].merge(feats, on="trip_id")
 
@@ -90,22 +90,47 @@ def test_whole_population_rows_agree_with_the_weekly_reports_and_months_are_wind
     assert months.trips.item() == len(partition_rows(golden.settings, lakehouse.PREDICTIONS, "green", "2023-02"))
 
 
+def test_profile_rows_per_column_agree_with_pandas(golden):
+    table = DeltaTable(lakehouse.PROFILE_METRICS.path(golden.settings)).to_pandas()
+    assert not table.duplicated([*KEYS, "column"]).any()
+    week = _in_week(_scored(golden.settings), GOLDEN_WEEK)
+    whole = table[(table.window_type == "week") & (table.window == GOLDEN_WEEK) & table.slice_key.isna()]
+    assert {"trip_distance", "PULocationID", PREDICTION, TARGET} <= set(whole.column)
+    row = whole[whole.column == PREDICTION].iloc[0]
+    values = week[PREDICTION]
+    assert row["count"] == len(values) and row.null_share == 0 and pd.isna(row.distinct_count)
+    assert row["mean"] == pytest.approx(values.mean(), abs=1e-6)
+    for name, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):  # rank error at most 1/10,000 of the rows
+        low, high = values.quantile(max(0, q - 2e-4)), values.quantile(min(1, q + 2e-4))
+        assert low - 1e-9 <= row[name] <= high + 1e-9, (name, row[name], low, high)
+    queens = table[(table.window == GOLDEN_WEEK) & (table.slice_value == "Queens") & (table.column == TARGET)].iloc[0]
+    actual = week[week.pu_borough == "Queens"][TARGET]
+    assert queens["count"] == actual.notna().sum() and queens.null_share == pytest.approx(actual.isna().mean())
+    zones = whole[whole.column == "PULocationID"].iloc[0]
+    assert pd.isna(zones["mean"]) and zones.distinct_count == week.PULocationID.nunique()
+
+
+def _rows(settings, table) -> pd.DataFrame:
+    keys = KEYS + (["column"] if table is lakehouse.PROFILE_METRICS else [])
+    rows = DeltaTable(table.path(settings)).to_pandas().drop(columns=["run_id", "computed_at"])
+    return rows.sort_values(keys, na_position="first").reset_index(drop=True)
+
+
 def test_the_fill_command_rebuilds_the_same_rows_and_a_rerun_changes_nothing(spark, lake, cli_lakehouse, capsys):
     from jobs.entry.cli import main
 
-    expected = _table(lake).drop(columns=["run_id", "computed_at"]).sort_values(KEYS, na_position="first")
-    spark.sql(f"DELETE FROM delta.`{lakehouse.ACCURACY_METRICS.path(lake)}`")
+    tables = (lakehouse.ACCURACY_METRICS, lakehouse.PROFILE_METRICS)
+    expected = {t.key: _rows(lake, t) for t in tables}
+    for table in tables:
+        spark.sql(f"DELETE FROM delta.`{table.path(lake)}`")
     cli_lakehouse(lake)
     for _ in range(2):
         capsys.readouterr()
         assert main(["monitor", "--service", "green", "--metrics"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["weeks"] == list(GOLDEN_WEEKS) and out["months"] == ["2023-02"]
-        got = _table(lake).drop(columns=["run_id", "computed_at"]).sort_values(KEYS, na_position="first")
-        assert len(got) == len(expected)
-        pd.testing.assert_frame_equal(
-            got.reset_index(drop=True), expected.reset_index(drop=True), check_exact=False, rtol=1e-9
-        )
+        for table in tables:
+            pd.testing.assert_frame_equal(_rows(lake, table), expected[table.key], check_exact=False, rtol=1e-9)
 
 
 @pytest.mark.spark
@@ -127,8 +152,11 @@ def test_every_version_gets_its_own_rows_and_an_unknown_slice_is_named(spark):
         .withColumn(P10, F.col(PREDICTION) - 2)
         .withColumn(P90, F.col(PREDICTION) + 2)
     )
-    got = metric_tables.accuracy_metrics(trips, ["pu_borough", "hour_band"], "green", "week", F.lit("2023-W06"))
-    table = {(r.slice_key, r.slice_value, r.model_version): r for r in got.collect()}
+    windows = {"week": F.lit("2023-W06"), "month": F.when(F.col("trip_id") == 1, F.lit("2023-02"))}
+    got = metric_tables.accuracy_metrics(trips, ["pu_borough", "hour_band"], "green", windows).collect()
+    assert {r.window_type for r in got if r.window == "2023-02"} == {"month"}  # trip 1 only, in both versions
+    assert sorted(r.trips for r in got if r.window == "2023-02" and r.slice_key is None) == [1, 1]
+    table = {(r.slice_key, r.slice_value, r.model_version): r for r in got if r.window_type == "week"}
     assert set(table) == {
         (None, None, 3),
         ("pu_borough", "Queens", 3),
@@ -147,4 +175,4 @@ def test_every_version_gets_its_own_rows_and_an_unknown_slice_is_named(spark):
     assert bronx.trips == 1 and bronx.n == 0 and bronx.rmse is None
     assert table[(None, None, 4)].rmse == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="monitor.slices names borough"):
-        metric_tables.accuracy_metrics(trips, ["borough"], "green", "week", F.lit("2023-W06"))
+        metric_tables.accuracy_metrics(trips, ["borough"], "green", windows)

@@ -41,8 +41,9 @@ def register(commands) -> None:
     which.add_argument(
         "--metrics",
         action="store_true",
-        help="fill monitoring/accuracy_metrics for every week already reported and its months (after an upgrade, "
-        "or after changing monitor.slices); each monitor run writes its own week's rows",
+        help="fill the metric tables (monitoring/accuracy_metrics, profile_metrics) for every week already reported "
+        "and its months, and rebuild the service page (after an upgrade, or after changing monitor.slices); each "
+        "monitor run writes its own week's rows",
     )
     p.add_argument("--exit-code", action="store_true", help="exit 10 when drift or error calls for retraining")
     p.set_defaults(func=monitor)

@@ -49,6 +49,8 @@ DRIFT = Table("drift", "monitoring/drift", ("service",), "taxi monitor")
 BACKTEST = Table("backtest", "monitoring/backtest", ("service",), "taxi backtest")
 # Accuracy per window (ISO week or month) x slice x model version: what dashboards chart over time and segments.
 ACCURACY_METRICS = Table("accuracy_metrics", "monitoring/accuracy_metrics", ("service",), "taxi monitor")
+# Per window x slice x model version x column: count, null share, mean, quantiles, distinct count.
+PROFILE_METRICS = Table("profile_metrics", "monitoring/profile_metrics", ("service",), "taxi monitor")
 ALL_TABLES = (
     BRONZE,
     TRIPS,
@@ -60,6 +62,7 @@ ALL_TABLES = (
     DRIFT,
     BACKTEST,
     ACCURACY_METRICS,
+    PROFILE_METRICS,
 )
 CATALOG_DB = "taxi"
 
