@@ -187,8 +187,8 @@ def refresh_week(spark, settings: Settings, service: str, week: str, run_id: str
 
 
 def fill(spark, settings: Settings, service: str, run_id: str) -> dict[str, Any]:
-    """Every window already reported (the weeks in ``monitoring/drift`` and their months), one pass per table and
-    window type: what `taxi monitor --metrics` runs after an upgrade, or after changing ``monitor.slices``."""
+    """Every window already reported (the weeks in ``monitoring/drift`` and their months), one pass per table: what
+    `taxi monitor --metrics` runs after an upgrade, or after changing ``monitor.slices``."""
     from pyspark.sql import functions as F
 
     weeks = []
