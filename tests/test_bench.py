@@ -1,6 +1,6 @@
-"""The bench cannot rot silently: the script itself runs on tiny months in `make test` (every key of its JSON
-asserted), `make bench-tune`'s comparison in the slow tier, every project name it calls still exists where it calls
-it, and its arithmetic and report run on a made-up result. (The full measurements run in `make bench`.)"""
+"""The bench cannot rot silently: every project name it calls still exists where it calls it and its arithmetic and
+report run on a made-up result (`make test`); the script itself runs on tiny months, every key of its JSON asserted,
+and so does `make bench-tune`'s comparison (the slow tier, which CI runs). The full measurements run in `make bench`."""
 
 from __future__ import annotations
 
@@ -191,7 +191,9 @@ def _positive(value) -> bool:
     return isinstance(value, Real) and value > 0
 
 
-@pytest.mark.integration
+# Slow tier: the run costs 3-4 minutes, which `make test` (192 tests in 19 min 51 s with it, on 2026-12-07) cannot
+# spare; the unit tests above still fail `make test` on a name the bench calls that moved or vanished.
+@pytest.mark.slow
 def test_the_bench_runs_end_to_end_on_tiny_months_and_writes_every_key(tmp_path):
     result, report = _bench(tmp_path, "--sizes", "20000,80000", "--train-rows", "20000", "--rounds", "20")
     assert set(result) == COMMON_KEYS | RATIO_KEYS | {
