@@ -21,10 +21,10 @@ from jobs.models.prediction import predict_minutes
 from jobs.models.registry import load_registered
 from jobs.monitoring.job import Reference, week_verdict
 from jobs.monitoring.stats import retrain_decision
-from jobs.monitoring.weeks import complete_weeks, week_key
+from jobs.monitoring.weeks import complete_weeks, picked_up_in, week_key
 from jobs.platform import lakehouse, sql
 from jobs.platform.context import RunContext
-from jobs.platform.months import wall_clock, week_bounds, week_months
+from jobs.platform.months import week_months
 
 ACTUAL = "actual_duration_min"  # gold/predictions' name of the target
 
@@ -192,12 +192,9 @@ def week_trips(ctx: RunContext, week: str, versions: dict[str, int], models: Mod
     """A week's trips with their features, each month's predicted by that month's version (what the monitor reads)."""
     from pyspark.sql import functions as F
 
-    start, end = week_bounds(week)
     parts = []
     for month, version in versions.items():
-        feats = month_features(ctx, month).where(
-            (F.col("pickup_datetime") >= wall_clock(start)) & (F.col("pickup_datetime") < wall_clock(end))
-        )
+        feats = month_features(ctx, month).where(picked_up_in(week))
         parts.append(predicted(feats, version, models, feats.columns).withColumn("model_version", F.lit(version)))
     current = parts[0]
     for part in parts[1:]:

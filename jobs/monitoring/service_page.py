@@ -53,10 +53,11 @@ def publish(spark, settings: Settings, service: str):
     return page
 
 
-def _rows(spark, settings: Settings, table, service: str) -> list[dict[str, Any]]:
+def _rows(spark, settings: Settings, table, service: str, where: str = "true") -> list[dict[str, Any]]:
+    """The service's rows of a small table (those matching ``where``), as dicts."""
     if not lakehouse.exists(settings, table):
         return []
-    rows = lakehouse.read(spark, settings, table).where(sql.matches(service=service)).collect()
+    rows = lakehouse.read(spark, settings, table).where(sql.matches(service=service)).where(where).collect()
     return [r.asDict(recursive=True) for r in rows]
 
 
@@ -67,11 +68,8 @@ def gather(spark, settings: Settings, service: str, page) -> ServiceFacts:
     facts.docs = {m: href for (_, m), href in validation_overview.data_docs_links(site, page, facts.months).items()}
     facts.versions = version_history(settings, service)
     drift = _rows(spark, settings, lakehouse.DRIFT, service)
-    accuracy = [
-        r
-        for r in _rows(spark, settings, lakehouse.ACCURACY_METRICS, service)
-        if r["window_type"] == "week" and r["slice_key"] is None
-    ]
+    whole_weeks = f"{sql.matches(window_type='week')} AND slice_key IS NULL"
+    accuracy = _rows(spark, settings, lakehouse.ACCURACY_METRICS, service, whole_weeks)
     facts.weeks = weekly_facts(drift, accuracy)
     facts.drift = {
         (r["feature"], r["week"]): {k: r[k] for k in ("metric", "value", "threshold", "drifted")}
