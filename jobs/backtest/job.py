@@ -28,7 +28,7 @@ from jobs.monitoring import job as monitor
 from jobs.platform import lakehouse, sql
 from jobs.platform.config import Settings
 from jobs.platform.context import RunContext
-from jobs.platform.errors import InputError, MissingUpstream, MonthRejected
+from jobs.platform.errors import InputError, MonthRejected, WindowNotFilled
 from jobs.platform.months import add_months, check_month, month_window, months_between
 from jobs.platform.tracking import setup_mlflow
 from jobs.scoring import job as score
@@ -114,7 +114,7 @@ def try_training(ctx: RunContext, until: str) -> None:
     is reported and the loop goes on, as the training DAG's failed run would leave the next month to try."""
     try:
         train.run(ctx.spark, ctx.settings, ctx.service, until)
-    except MissingUpstream as e:
+    except WindowNotFilled as e:  # anything else missing is a real failure, not a month to pass over
         ctx.log.warning("no training", until=until, reason=str(e))
 
 

@@ -25,6 +25,11 @@ class MissingUpstream(TaxiError):
     exit_code = 4
 
 
+class WindowNotFilled(MissingUpstream):
+    """A training window holds fewer than two feature months: no train/validation split yet (a later month fills
+    it, so a scheduled loop reports it and goes on)."""
+
+
 class ServiceUnavailable(TaxiError):
     """An external service (MLflow tracking server) could not be reached after retries."""
 

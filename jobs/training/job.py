@@ -34,7 +34,7 @@ from jobs.models.registry import (
 from jobs.platform import lakehouse
 from jobs.platform.config import Settings
 from jobs.platform.context import RunContext
-from jobs.platform.errors import MissingUpstream
+from jobs.platform.errors import MissingUpstream, WindowNotFilled
 from jobs.platform.months import check_month, check_service, month_window
 from jobs.platform.tracking import experiment_id, setup_mlflow
 from jobs.training import bakeoff, tuning
@@ -59,7 +59,7 @@ def load_training_data(spark, settings: Settings, service: str, until: str, mont
     )
     present = sorted(r.month for r in feats.select("month").distinct().collect())
     if len(present) < 2:
-        raise MissingUpstream(
+        raise WindowNotFilled(
             f"training {service} until {until} needs feature months for a train/validation split; found "
             f"{present or 'none'} in {window[0]}..{until}: run `taxi features` for earlier months first"
         )
