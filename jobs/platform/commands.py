@@ -17,12 +17,9 @@ def cluster(settings, args):
 
 
 def jars(settings, args):
-    from jobs.platform.spark import ensure_jars, session_packages
+    from jobs.platform.spark import ensure_jars
 
-    if args.object_store:  # whatever the lakehouse: an image built once serves local and object-store lakehouses
-        spark_conf = settings.spark.model_copy(update={"packages": session_packages(settings, object_store=True)})
-        settings = settings.model_copy(update={"spark": spark_conf})
-    print(",".join(ensure_jars(settings)))
+    print(",".join(ensure_jars(settings, object_store=True if args.object_store else None)))
     return None
 
 

@@ -86,6 +86,13 @@ class LakehouseWritesConfig(_Section):
     # pausing conflict_backoff_s * 2**attempt (plus at most 1 s of jitter) in between.
     conflict_retries: int = Field(5, ge=1)
     conflict_backoff_s: float = Field(0.5, ge=0)
+    # An s3a:// lakehouse's Delta log store (jobs.platform.log_store): dynamodb lets any number of drivers commit;
+    # single-driver is Delta's default, safe only while one driver at a time writes.
+    s3_log_store: Literal["dynamodb", "single-driver"] = "dynamodb"
+    dynamodb_table: str = "taxi_delta_log"
+    dynamodb_region: str | None = None  # None: AWS_REGION, else us-east-1
+    dynamodb_endpoint: str | None = None  # None: AWS_ENDPOINT_URL_DYNAMODB or AWS_ENDPOINT_URL, else AWS's
+    dynamodb_ttl_s: int = Field(86400, ge=3600)  # a finished commit's entry expires after this long
 
 
 class IngestConfig(_Section):

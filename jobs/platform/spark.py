@@ -15,7 +15,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from jobs.platform import storage
+from jobs.platform import log_store, storage
 from jobs.platform.class_archive import driver_java_options
 from jobs.platform.config import Settings
 from jobs.platform.log import child_output_to_log_file, jvm_log_options
@@ -100,11 +100,14 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
+    log_store.check_writers(settings)
     builder = SparkSession.builder.master(settings.spark.master).appName(app_name or settings.spark.app_name)
     packages = session_packages(settings)
     jars = cached_jars(settings)
+    if jars is None and packages and log_store.uses_dynamodb(settings):
+        jars = _resolve(settings)  # the log store compiles against the resolved JARs: resolve them first
     if jars:
-        builder = builder.config("spark.jars", ",".join(jars))
+        builder = builder.config("spark.jars", ",".join(with_log_store(settings, jars)))
     elif packages:
         settings.spark.jar_cache.mkdir(parents=True, exist_ok=True)
         log.info("resolving %s from Maven (once; cached in %s)", packages, settings.spark.jar_cache)
@@ -117,6 +120,7 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
         **DELTA_CONF,
         **({"spark.driver.defaultJavaOptions": driver_options} if driver_options else {}),
         **(storage.spark_conf() if storage.is_remote(settings.lakehouse) else {}),
+        **log_store.spark_conf(settings),
         "spark.sql.warehouse.dir": str(warehouse),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse} {jvm_log_options()}",
         **settings.spark.conf,
@@ -136,13 +140,29 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
     return spark
 
 
-def ensure_jars(settings: Settings) -> list[str]:
-    """Resolve the configured packages into the cache (starting a short local session if needed)."""
-    jars = cached_jars(settings)
-    if jars:
+def with_log_store(settings: Settings, jars: list[str], object_store: bool | None = None) -> list[str]:
+    """The Maven JARs, plus the many-writer Delta log store's JAR where an object-store lakehouse uses it."""
+    if not log_store.uses_dynamodb(settings, object_store):
         return jars
+    return [*jars, log_store.ensure_jar(settings, jars)]
+
+
+def _resolve(settings: Settings) -> list[str]:
+    """Resolve the configured packages into the cache in a short local session that opens no table (so it needs
+    no log store of its own)."""
     local = settings.model_copy(deep=True)
     local.spark.master = "local[1]"
+    local.writes.s3_log_store = "single-driver"
+    local.airflow.spark_pool_slots = 1
     spark = get_spark(local, app_name="taxi-resolve-jars", extra_conf={"spark.ui.enabled": "false"})
     spark.stop()
     return cached_jars(settings) or []
+
+
+def ensure_jars(settings: Settings, object_store: bool | None = None) -> list[str]:
+    """Every JAR a session of this lakehouse (or of an object-store one) loads, resolved into the cache first if
+    needed: what `taxi jars` prints for spark-submit --jars."""
+    if object_store:  # whatever the lakehouse: an image built once serves local and object-store lakehouses
+        spark_conf = settings.spark.model_copy(update={"packages": session_packages(settings, object_store=True)})
+        settings = settings.model_copy(update={"spark": spark_conf})
+    return with_log_store(settings, cached_jars(settings) or _resolve(settings), object_store)
