@@ -37,6 +37,7 @@ help:
 java:
 	@command -v java >/dev/null || { echo "error: Java 17 is required (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 	@java -version 2>&1 | grep -qE 'version "17\.' || { echo "error: Java 17 is required, found: $$(java -version 2>&1 | head -1)" >&2; exit 1; }
+	@command -v javac >/dev/null || echo "note: no javac (a JDK, e.g. openjdk-17-jdk-headless): an s3a:// lakehouse's log store and its tests need it" >&2
 
 $(STAMP): pyproject.toml | java
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required" >&2; exit 1; }

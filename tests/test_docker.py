@@ -40,6 +40,8 @@ def test_compose_file_is_valid_against_the_compose_spec_and_has_the_stack():
         "airflow-dag-processor",
         "airflow-init",
         "airflow-scheduler",
+        "dynamodb",
+        "log-store-init",
         "minio",
         "minio-init",
         "mlflow",
@@ -64,6 +66,14 @@ def test_compose_file_is_valid_against_the_compose_spec_and_has_the_stack():
         assert services[name]["environment"]["TAXI_LAKEHOUSE"] == "s3a://taxi-lake/lake", name
     assert services["airflow-init"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert "taxi jars --object-store" in (DOCKER / "Dockerfile").read_text()  # the image carries the S3A JARs
+    # Many drivers commit through the DynamoDB log store: an open-source DynamoDB API, its table created before any
+    # Airflow component starts, and every job process pointed at it.
+    assert "--alternator-write-isolation" in services["dynamodb"]["command"]
+    assert services["log-store-init"]["command"] == ["taxi", "log-store", "init"]
+    assert services["airflow-init"]["depends_on"]["log-store-init"]["condition"] == "service_completed_successfully"
+    for name in ("airflow-scheduler", "spark-worker-1", "log-store-init"):
+        assert services[name]["environment"]["AWS_ENDPOINT_URL_DYNAMODB"] == "http://dynamodb:8000", name
+    assert "openjdk-17-jdk-headless" in (DOCKER / "Dockerfile").read_text()  # javac for the log store's class
 
 
 def test_images_are_pinned():

@@ -151,3 +151,19 @@ def test_a_driver_killed_after_winning_a_version_leaves_it_for_the_next_writer_t
         history = {h["version"]: h.get("userMetadata") for h in table.history()}
         assert history == {0: "create", 1: "w0-r0", 2: "w0-r1", 3: "w0-r2"}  # the killed driver's commit is kept
         assert set(table.to_pandas(columns=["round"])["round"]) == {2}
+
+
+def test_log_store_init_creates_the_table_once_with_the_layout_the_class_reads(aws):
+    import boto3
+
+    from .processes import taxi_bin
+
+    env = {**aws, "TAXI__WRITES__DYNAMODB_TABLE": "taxi_init_check"}
+    runs = [subprocess.run([taxi_bin(), "log-store", "init"], env=env, capture_output=True, text=True) for _ in "ab"]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    assert [json.loads(r.stdout.strip().splitlines()[-1])["created"] for r in runs] == [True, False]  # idempotent
+    client = boto3.client("dynamodb", endpoint_url=aws["AWS_ENDPOINT_URL"], **cw._boto(aws))
+    table = client.describe_table(TableName="taxi_init_check")["Table"]
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"tablePath": "HASH", "fileName": "RANGE"}
+    ttl = client.describe_time_to_live(TableName="taxi_init_check")["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "expireTime" and ttl["TimeToLiveStatus"] == "ENABLED"

@@ -163,6 +163,8 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     """The golden sequence on s3a:// from its last month on (ingest -> validate -> features of 2023-02, train,
     score, monitor), in a process of its own, over the earlier months put into the bucket: the same rows,
     candidates and predictions as the local golden lakehouse, and nothing written to the project."""
+    import boto3
+
     env, client = object_store
     _seed(golden, client, tmp_path)
     before = _project_files()
@@ -243,6 +245,21 @@ def test_the_pipeline_on_an_object_store_lakehouse_gives_what_the_local_one_give
     assert not any("/_staging/" in k for k in keys)  # every staged file was landed or discarded
     assert summaries["validate 2023-02"]["data_docs"].startswith(f"s3a://{BUCKET}/lake/reports/validation/")
     assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in _keys(client, "mlflow/"))  # models too
+    # Every commit went through the DynamoDB log store (writes.s3_log_store's default), each one finished.
+    ddb = boto3.client(
+        "dynamodb",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    entries = ddb.query(
+        TableName="taxi_delta_log",
+        KeyConditionExpression="tablePath = :t",
+        ExpressionAttributeValues={":t": {"S": f"s3a://{BUCKET}/lake/gold/predictions"}},
+        ConsistentRead=True,
+    )["Items"]
+    assert entries and all(e["complete"]["S"] == "true" for e in entries), entries
 
     after = _project_files()
     assert after == before, sorted(k for k in after.keys() | before.keys() if after.get(k) != before.get(k))[:10]

@@ -23,6 +23,12 @@ def jars(settings, args):
     return None
 
 
+def log_store(settings, args):
+    from jobs.platform import log_store
+
+    return log_store.create_table(settings)
+
+
 def sql(settings, args):
     from jobs.platform import lakehouse
 
@@ -78,6 +84,17 @@ def register(commands) -> None:
         help="add the S3 connector (spark.object_store_packages), as an s3a:// lakehouse does",
     )
     p.set_defaults(func=jars)
+
+    p = commands.add_parser(
+        "log-store",
+        help="init: create the DynamoDB table through which drivers commit to an s3a:// lakehouse "
+        "(writes.s3_log_store: dynamodb), if it is missing",
+        description="Creates writes.dynamodb_table (hash key tablePath, range key fileName, on-demand capacity, "
+        "expireTime as TTL) at writes.dynamodb_endpoint / AWS_ENDPOINT_URL in writes.dynamodb_region, and waits "
+        "until it is active. Idempotent: a deployment's init step runs it every start.",
+    )
+    p.add_argument("action", choices=["init"])
+    p.set_defaults(func=log_store)
 
     p = commands.add_parser("sql", help="register every lakehouse table as taxi.<name> and run a Spark SQL query")
     p.add_argument("query", nargs="?", help="SQL to run; without it, list the registered tables")

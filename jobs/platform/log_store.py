@@ -80,6 +80,42 @@ def check_writers(settings: Settings) -> None:
         )
 
 
+def create_table(settings: Settings, timeout_s: float = 120) -> dict[str, object]:
+    """Create the log store's DynamoDB table if it is missing (the layout the class expects; on-demand capacity;
+    ``expireTime`` as its TTL attribute) and wait until it is active: what a deployment's init step runs
+    (`taxi log-store init`). The class creates it too on first use, where its credentials may."""
+    import time
+
+    import boto3
+
+    name = settings.writes.dynamodb_table
+    client = boto3.client("dynamodb", endpoint_url=endpoint(settings) or None, region_name=region(settings))
+    existing = client.list_tables()["TableNames"]
+    created = name not in existing
+    if created:
+        client.create_table(
+            TableName=name,
+            AttributeDefinitions=[
+                {"AttributeName": "tablePath", "AttributeType": "S"},
+                {"AttributeName": "fileName", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "tablePath", "KeyType": "HASH"},
+                {"AttributeName": "fileName", "KeyType": "RANGE"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    deadline = time.monotonic() + timeout_s
+    while client.describe_table(TableName=name)["Table"]["TableStatus"] != "ACTIVE":
+        if time.monotonic() > deadline:
+            raise ConfigError(f"DynamoDB table {name} at {endpoint(settings) or region(settings)} is not active")
+        time.sleep(1)
+    if created:
+        spec = {"AttributeName": "expireTime", "Enabled": True}
+        client.update_time_to_live(TableName=name, TimeToLiveSpecification=spec)
+    return {"table": name, "endpoint": endpoint(settings) or None, "region": region(settings), "created": created}
+
+
 def jar_path(settings: Settings, against: list[str]) -> Path:
     """One JAR per source text and per set of JARs it compiles against."""
     digest = hashlib.blake2b(SOURCE.read_bytes(), digest_size=6)
