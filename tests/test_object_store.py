@@ -313,3 +313,52 @@ def test_a_killed_ingest_on_object_storage_leaves_the_table_at_its_previous_vers
     counts = lakehouse.query(s3, lakehouse.BRONZE, ["service", "month"])
     assert len(counts) == rows and set(counts["service"]) == {"green"}
     assert not _keys(client, "killed/raw/yellow/")  # the landing was never committed either
+
+
+def test_two_hosts_validating_at_once_both_keep_their_results_pages_and_overview_rows(object_store, tmp_path):
+    """Two validations of different months, in two processes with separate local folders (two hosts' worth of
+    TMPDIR, so no file lock is shared): both results, both Data Docs pages and both overview rows survive, because
+    the DynamoDB lease makes them take turns on the reports' GX project."""
+    env, client = object_store
+    env = {**env, "TAXI_LAKEHOUSE": f"s3a://{BUCKET}/two-hosts", "TAXI__SPARK__MASTER": "local[1]"}
+    months = ("2022-01", "2022-02")
+    for month in months:
+        landed = subprocess.run(
+            [taxi_bin(), "ingest", "--service", "green", "--month", month],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert landed.returncode == 0, landed.stderr[-3000:]
+    hosts = []
+    for month in months:
+        host_tmp = tmp_path / f"host-{month}"
+        host_tmp.mkdir()
+        hosts.append(
+            subprocess.Popen(
+                [taxi_bin(), "validate", "--service", "green", "--month", month],
+                env={**env, "TMPDIR": str(host_tmp)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [h.communicate(timeout=900) for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0], [err[-3000:] for _, err in outs]
+    assert all(any(p.name.startswith("taxi-gx-") for p in (tmp_path / f"host-{m}").iterdir()) for m in months)
+
+    keys = _keys(client, "two-hosts/reports/validation/")
+    site = "two-hosts/reports/validation/gx/uncommitted/data_docs/local_site/"
+    index = client.get_object(Bucket=BUCKET, Key=f"{site}index.html")["Body"].read().decode()
+    overview = client.get_object(Bucket=BUCKET, Key="two-hosts/reports/validation/index.html")["Body"].read().decode()
+    for month in months:
+        for suite in ("green_file", "green_rows"):
+            results = f"two-hosts/reports/validation/gx/uncommitted/validations/{suite}/green-{month}-validate-"
+            pages = f"{site}validations/{suite}/green-{month}-validate-"
+            assert any(k.startswith(results) and k.endswith(".json") for k in keys), (month, suite, "result")
+            assert any(k.startswith(pages) and k.endswith(".html") for k in keys), (month, suite, "page")
+            assert f"{suite}/green-{month}-validate-" in index, (month, suite, "Data Docs index")
+        assert month in overview, (month, "overview")
+    waited = [err for _, err in outs if "waiting for the lease" in err]
+    print(f"validations that waited for the other's lease: {len(waited)} of 2")

@@ -93,6 +93,10 @@ class LakehouseWritesConfig(_Section):
     dynamodb_region: str | None = None  # None: AWS_REGION, else us-east-1
     dynamodb_endpoint: str | None = None  # None: AWS_ENDPOINT_URL_DYNAMODB or AWS_ENDPOINT_URL, else AWS's
     dynamodb_ttl_s: int = Field(86400, ge=3600)  # a finished commit's entry expires after this long
+    # The validation reports' GX project is held by one process at a time (jobs.platform.lease): on the DynamoDB
+    # store, a lease of lease_s seconds, extended while held; a holder that dies frees it within lease_s.
+    lease_s: int = Field(120, ge=10)
+    lease_wait_s: int = Field(3600, ge=1)  # how long a job waits for the lease before it fails, naming the holder
 
 
 class IngestConfig(_Section):

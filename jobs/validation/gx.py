@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jobs.platform import storage
+from jobs.platform import lease, storage
 from jobs.platform.config import Settings
 from jobs.platform.reports.offline import make_offline
 from jobs.validation.suites import RuleOutcome, Suite, SuiteOutcome
@@ -33,30 +33,26 @@ def gx_project(settings: Settings):
 
     GX's file context needs a local folder. For a local lakehouse that is the published folder itself; for one on
     object storage, the project is fetched into a private local folder and published back (Data Docs included)
-    when the block succeeds, so a failed validation publishes nothing. The lock is an OS file lock (released when
-    the holder exits or dies): it serialises the validations of one machine; give an object-store lakehouse one
-    validating scheduler, as its Airflow pools do.
+    when the block succeeds, so a failed validation publishes nothing. One process at a time, on any host, holds
+    the project (:mod:`jobs.platform.lease`: a DynamoDB lease for an object-store lakehouse on the DynamoDB log
+    store, else an OS file lock), so the next holder fetches what the last one published: no result, Data Docs
+    page or overview row is lost to another host's upload.
     """
-    import fcntl
-
     published = published_root(settings)
     remote = storage.is_remote(published)
     digest = hashlib.blake2b(str(published).encode(), digest_size=6).hexdigest()
     root = Path(tempfile.gettempdir()) / f"taxi-gx-{os.getuid()}-{digest}" if remote else published
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".gx.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            if remote:
-                for stale in root.iterdir():
-                    if stale.name != ".gx.lock":
-                        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-                storage.fetch_tree(published, root)
-            yield root
-            if remote:
-                storage.publish_tree(root, published)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with lease.held(settings, "reports/validation", root / ".gx.lock") as hold:
+        if remote:
+            for stale in root.iterdir():
+                if stale.name != ".gx.lock":
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            storage.fetch_tree(published, root)
+        yield root
+        if remote:
+            hold.check()
+            storage.publish_tree(root, published)
 
 
 def month_rule(max_failed_share: float) -> dict[str, Any]:
