@@ -167,3 +167,45 @@ def test_log_store_init_creates_the_table_once_with_the_layout_the_class_reads(a
     assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"tablePath": "HASH", "fileName": "RANGE"}
     ttl = client.describe_time_to_live(TableName="taxi_init_check")["TimeToLiveDescription"]
     assert ttl["AttributeName"] == "expireTime" and ttl["TimeToLiveStatus"] == "ENABLED"
+
+
+def test_a_lease_waits_for_a_live_holder_and_a_dead_holders_lease_expires(aws):
+    """The reports' lease (jobs.platform.lease) on DynamoDB: a second holder is refused while the first lives,
+    naming it; once the first is killed, the lease is free within writes.lease_s."""
+    from jobs.platform import lease
+    from jobs.platform.errors import TaxiError
+
+    env = {**aws, "TAXI__WRITES__LEASE_S": "10", "TAXI__WRITES__LEASE_WAIT_S": "2"}
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib; sys.path.insert(0, sys.argv[1]); from jobs.platform import lease; "
+            "from jobs.platform.config import load_settings; "
+            "cm = lease.held(load_settings(), 'reports/check', pathlib.Path('/nonexistent/lock')); cm.__enter__(); "
+            "print('held', flush=True); time.sleep(600)",
+            str(ROOT),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        settings = load_settings(env=env)
+        with cw._environment(env):
+            with pytest.raises(TaxiError, match=r"waited 2 s for the lease on .*reports/check \(held by .*:\d+:"):
+                with lease.held(settings, "reports/check", ROOT / "unused.lock"):
+                    pass
+            os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait()
+            settings.writes.lease_wait_s = 60
+            start = time.monotonic()
+            with lease.held(settings, "reports/check", ROOT / "unused.lock") as hold:
+                waited = time.monotonic() - start
+                hold.check()
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+    assert 3 <= waited <= 15, waited  # until the dead holder's 10 s lease ran out, not the 60 s wait
