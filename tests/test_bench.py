@@ -46,7 +46,7 @@ def _project_names_used(path: Path) -> list[tuple[int, str, str]]:
     return used
 
 
-@pytest.mark.parametrize("script", ["run.py", "measures.py"])
+@pytest.mark.parametrize("script", ["run.py", "measures.py", "concurrent_writers.py"])
 def test_every_project_name_the_bench_calls_exists(script):
     missing = [
         f"{script}:{line} {module}.{name}"
