@@ -111,7 +111,8 @@ def test_profile_rows_per_column_agree_with_pandas(golden):
 
 
 def _rows(settings, table) -> pd.DataFrame:
-    keys = KEYS + (["column"] if table is lakehouse.PROFILE_METRICS else [])
+    more = {lakehouse.PROFILE_METRICS: ["column"], lakehouse.DRIFT_METRICS: ["column", "baseline"]}
+    keys = KEYS + more.get(table, [])
     rows = DeltaTable(table.path(settings)).to_pandas().drop(columns=["run_id", "computed_at"])
     return rows.sort_values(keys, na_position="first").reset_index(drop=True)
 
@@ -119,7 +120,7 @@ def _rows(settings, table) -> pd.DataFrame:
 def test_the_fill_command_rebuilds_the_same_rows_and_a_rerun_changes_nothing(spark, lake, cli_lakehouse, capsys):
     from jobs.entry.cli import main
 
-    tables = (lakehouse.ACCURACY_METRICS, lakehouse.PROFILE_METRICS)
+    tables = (lakehouse.ACCURACY_METRICS, lakehouse.PROFILE_METRICS, lakehouse.DRIFT_METRICS)
     expected = {t.key: _rows(lake, t) for t in tables}
     for table in tables:
         spark.sql(f"DELETE FROM delta.`{table.path(lake)}`")
@@ -131,6 +132,49 @@ def test_the_fill_command_rebuilds_the_same_rows_and_a_rerun_changes_nothing(spa
         assert out["weeks"] == list(GOLDEN_WEEKS) and out["months"] == ["2023-02"]
         for table in tables:
             pd.testing.assert_frame_equal(_rows(lake, table), expected[table.key], check_exact=False, rtol=1e-9)
+
+
+def test_drift_rows_against_the_reference_are_the_weekly_reports_and_slices_have_both_baselines(golden):
+    """The whole population against the reference: the weekly report's PSI and JS distance of every column; a
+    borough against its own reference trips and against the week before; binned KS and Wasserstein for numbers only."""
+    table = DeltaTable(lakehouse.DRIFT_METRICS.path(golden.settings)).to_pandas()
+    report = DeltaTable(lakehouse.DRIFT.path(golden.settings)).to_pandas()
+    assert set(table.baseline) == {"reference", "previous_window"}
+    whole = table[table.slice_key.isna() & (table.baseline == "reference") & (table.window_type == "week")]
+    for week in GOLDEN_WEEKS:
+        ours = whole[whole.window == week].set_index("column")
+        theirs = report[report.week == week].pivot(index="feature", columns="metric", values="value")
+        judged = theirs.index.intersection(ours.index)
+        assert len(judged) == len(ours) == 22  # the monitored features and the prediction, as in the report
+        for metric in ("psi", "js_distance"):
+            np.testing.assert_allclose(ours.loc[judged, metric], theirs.loc[judged, metric], rtol=1e-9, atol=1e-12)
+        assert (ours.baseline_window == report[report.week == week].reference_months.iloc[0]).all()
+    queens = table[(table.slice_value == "Queens") & (table.window == "2023-W07") & (table.column == "trip_distance")]
+    assert set(queens.baseline) == {"reference", "previous_window"}
+    assert queens.set_index("baseline").baseline_window["previous_window"] == "2023-W06"
+    assert (queens.n > 0).all() and (queens.baseline_n > 0).all()
+    continuous = table[table.ks.notna()]
+    assert ((continuous.ks >= 0) & (continuous.ks <= 1) & (continuous.wasserstein >= 0)).all()
+    assert table[table.column == "VendorID"].ks.isna().all()  # a category has no order: no KS, no Wasserstein
+    assert not table.duplicated([*KEYS, "column", "baseline"]).any()
+
+
+@pytest.mark.unit
+def test_binned_distances_match_the_monitors_math_and_the_cdf_gaps():
+    from jobs.models.binning import MISSING, BinSpec
+    from jobs.monitoring.drift_metrics import distances
+    from jobs.monitoring.stats import js_distance, psi
+
+    spec = BinSpec("x", "continuous", edges=[1.0, 2.0, 4.0])  # bins (-inf,1] (1,2] (2,4] (4,inf), missing
+    base, cur = {0: 10, 1: 10, 2: 10, 3: 10, MISSING: 5}, {0: 0, 1: 20, 2: 10, 3: 10, MISSING: 0}
+    got = distances(spec, base, cur)
+    labels = spec.labels()
+    assert got["psi"] == pytest.approx(psi([base.get(b, 0) for b in labels], [cur.get(b, 0) for b in labels]))
+    assert got["js_distance"] == pytest.approx(js_distance([base[b] for b in labels], [cur[b] for b in labels]))
+    # CDFs at the edges 1, 2, 4: base .25 .5 .75, current 0 .5 .75 -> gaps .25 0 0
+    assert got["ks"] == pytest.approx(0.25)
+    assert got["wasserstein"] == pytest.approx(0.25 * 1.0 + 0 * 2.0)
+    assert distances(BinSpec("c", "categorical", categories=[1.0]), {0: 1}, {0: 1})["ks"] is None
 
 
 @pytest.mark.spark

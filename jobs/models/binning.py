@@ -98,12 +98,27 @@ def _bin_expr(spec: BinSpec):
     return F.when(col.isNull(), expr).otherwise(inner)
 
 
+def bin_pairs(specs: list[BinSpec], columns: list[str] | None = None):
+    """An array column of (f: feature, b: its bin) per spec: exploded, every row is counted once per feature.
+    ``columns``: the bins already computed into these columns (see :func:`bin_columns`)."""
+    from pyspark.sql import functions as F
+
+    bins = [F.col(c) for c in columns] if columns else [_bin_expr(s) for s in specs]
+    return F.array(*[F.struct(F.lit(s.feature).alias("f"), b.alias("b")) for s, b in zip(specs, bins, strict=True)])
+
+
+def bin_columns(df, specs: list[BinSpec], prefix: str = "_bin_"):
+    """``df`` with each spec's bin in a column of its own (computed once per row, before a row is multiplied)."""
+    return df.select("*", *[_bin_expr(s).alias(f"{prefix}{i}") for i, s in enumerate(specs)]), [
+        f"{prefix}{i}" for i in range(len(specs))
+    ]
+
+
 def binned_counts(df, specs: list[BinSpec]) -> dict[str, dict[int, int]]:
     """{feature: {bin: count}} for every spec, from one scan of ``df``."""
     from pyspark.sql import functions as F
 
-    pairs = F.array(*[F.struct(F.lit(s.feature).alias("f"), _bin_expr(s).alias("b")) for s in specs])
-    rows = df.select(F.explode(pairs).alias("p")).groupBy("p.f", "p.b").count().collect()
+    rows = df.select(F.explode(bin_pairs(specs)).alias("p")).groupBy("p.f", "p.b").count().collect()
     out: dict[str, dict[int, int]] = {s.feature: {} for s in specs}
     for r in rows:
         out[r["f"]][int(r["b"])] = int(r["count"])

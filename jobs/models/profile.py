@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobs.models.binning import CATEGORICAL, CONTINUOUS, BinSpec, bin_specs, binned_counts
+from jobs.models.binning import CATEGORICAL, CONTINUOUS, BinSpec, bin_columns, bin_pairs, bin_specs, binned_counts
 from jobs.models.inputs import PREDICTION, TARGET
 from jobs.models.interval import P10
-from jobs.models.metrics import coverage_metrics, regression_metrics
+from jobs.models.metrics import coverage_metrics, regression_metrics, with_bands, with_slices
 
 PROFILE_COLUMNS = [*CONTINUOUS, *CATEGORICAL, TARGET, "pu_borough", "in_training_range"]
 SAMPLE_ROWS = 5000  # per continuous feature, for KS and Wasserstein
@@ -39,8 +39,33 @@ def continuous_sample(df, rows: int, seed: int = 1) -> dict[str, list[float | No
     return {c: [None if v is None or math.isnan(v) else round(float(v), 4) for v in pdf[c]] for c in cols}
 
 
-def build_profile(predicted, month: str, bins: int) -> dict[str, Any]:
-    """``predicted``: one month of features with ``predicted_duration_min`` from a model that never saw it."""
+def sliced_counts(predicted, specs: list[BinSpec], slices: list[str]) -> dict[str, dict[str, dict[str, dict]]]:
+    """{slice_key: {slice_value: {feature: {bin: count}}}} for each slice column ``predicted`` has (the monitor's
+    drift per slice compares a slice with the same slice of the reference), in one aggregation."""
+    from pyspark.sql import functions as F
+
+    banded = with_bands(predicted)
+    dims = [d for d in slices if d in banded.columns]
+    if not dims:
+        return {}
+    with_bins, columns = bin_columns(banded, specs)
+    rows = (
+        with_slices(with_bins, dims)
+        .where("slice_key IS NOT NULL AND slice_value IS NOT NULL")
+        .select("slice_key", "slice_value", F.explode(bin_pairs(specs, columns)).alias("p"))
+        .groupBy("slice_key", "slice_value", "p.f", "p.b")
+        .count()
+        .collect()
+    )
+    out: dict[str, dict[str, dict[str, dict]]] = {d: {} for d in dims}
+    for r in rows:
+        out[r.slice_key].setdefault(r.slice_value, {}).setdefault(r.f, {})[str(int(r.b))] = int(r["count"])
+    return out
+
+
+def build_profile(predicted, month: str, bins: int, slices: list[str] | None = None) -> dict[str, Any]:
+    """``predicted``: one month of features with ``predicted_duration_min`` from a model that never saw it;
+    ``slices``: the monitor's slice columns, whose per-slice counts the profile keeps too."""
     predicted = predicted.cache()  # predicted once, read by every pass below
     try:
         specs = bin_specs(predicted, bins)
@@ -49,6 +74,7 @@ def build_profile(predicted, month: str, bins: int) -> dict[str, Any]:
             "rows": predicted.count(),
             "specs": [s.to_dict() for s in specs],
             "counts": {f: {str(b): n for b, n in c.items()} for f, c in binned_counts(predicted, specs).items()},
+            "sliced_counts": sliced_counts(predicted, specs, slices or []),
             "sample": continuous_sample(predicted, SAMPLE_ROWS),
             "performance": accuracy(predicted),
         }

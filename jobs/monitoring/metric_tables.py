@@ -26,20 +26,16 @@ from typing import Any
 
 from jobs.models.binning import CATEGORICAL, CONTINUOUS
 from jobs.models.inputs import PREDICTION, TARGET
-from jobs.models.metrics import coverage_exprs, metric_exprs, with_bands, with_slices
-from jobs.monitoring import service_page
-from jobs.monitoring.weeks import scored_trips, week_key
+from jobs.models.metrics import coverage_exprs, metric_exprs
+from jobs.monitoring import drift_metrics, service_page
+from jobs.monitoring.weeks import KEYS, scored_trips, week_key, with_windows_and_slices
 from jobs.platform import lakehouse, sql
-from jobs.platform.config import ConfigError, Settings
-from jobs.platform.months import week_months
+from jobs.platform.config import Settings
+from jobs.platform.months import add_months, add_weeks, week_months
+from jobs.platform.tracking import setup_mlflow
 
 ACCURACY_COLUMNS = (
-    "service",
-    "window_type",
-    "window",
-    "slice_key",
-    "slice_value",
-    "model_version",
+    *KEYS,
     "trips",
     "n",
     "rmse",
@@ -69,26 +65,12 @@ PERCENTILE_ACCURACY = 10_000  # percentile_approx: rank error at most 1/10,000 o
 
 
 def _grouped(scored, slices: list[str], windows: dict[str, Any]):
-    """The trips exploded into their windows ({window_type: column}, null where a trip is in none) and then into
-    the population and each slice, grouped by window, slice and version."""
+    """The trips exploded into their windows and slices (:func:`with_windows_and_slices`), grouped by window, slice
+    and version."""
     from pyspark.sql import functions as F
 
-    banded = with_bands(scored)
-    unknown = [c for c in slices if c not in banded.columns]
-    if unknown:
-        raise ConfigError(
-            f"monitor.slices names {', '.join(unknown)}, not a column of the scored trips with their features "
-            "(nor hour_band / distance_band)"
-        )
-    pairs = F.array(*[F.struct(F.lit(t).alias("window_type"), c.alias("window")) for t, c in windows.items()])
-    windowed = (
-        banded.select("*", F.explode(pairs).alias("_window"))
-        .select("*", "_window.window_type", "_window.window")
-        .drop("_window")
-        .where(F.col("window").isNotNull())
-    )
-    return with_slices(windowed, slices).groupBy(
-        "window_type", "window", "slice_key", "slice_value", F.col("model_version").cast("int").alias("model_version")
+    return with_windows_and_slices(scored, slices, windows).groupBy(
+        *KEYS[1:5], F.col("model_version").cast("int").alias("model_version")
     )
 
 
@@ -134,11 +116,19 @@ TABLES = ((lakehouse.ACCURACY_METRICS, accuracy_metrics), (lakehouse.PROFILE_MET
 
 
 def scored(spark, settings: Settings, service: str, months: list[str], where=None):
-    """The months' trips as every version scored them: the champion's and, where one ran, the shadow's."""
+    """The months' trips as every version scored them: the champion's (``_champion`` true) and, where one ran, the
+    shadow's."""
+    from pyspark.sql import functions as F
+
     tables = [lakehouse.PREDICTIONS]
     if lakehouse.exists(settings, lakehouse.SHADOW_PREDICTIONS):
         tables.append(lakehouse.SHADOW_PREDICTIONS)
-    frames = [scored_trips(spark, settings, service, months, table, where) for table in tables]
+    frames = [
+        scored_trips(spark, settings, service, months, table, where).withColumn(
+            "_champion", F.lit(table is lakehouse.PREDICTIONS)
+        )
+        for table in tables
+    ]
     union = frames[0]
     for frame in frames[1:]:
         union = union.unionByName(frame)
@@ -158,32 +148,45 @@ def write(settings: Settings, table, rows, service: str, windows: dict[str, list
     return lakehouse.replace_where(stamped, settings, table, run_id, predicate, merge_schema=True)
 
 
-def write_windows(settings: Settings, trips, service: str, windows: dict[str, tuple], run_id: str) -> dict[str, int]:
-    """Every metric table's rows of ``windows`` ({window_type: (window column, [windows])}) from ``trips`` (cached:
-    each table's aggregation reads it once), one commit per table: {table: Delta version}."""
-    trips = trips.cache()
-    columns = {t: column for t, (column, _) in windows.items()}
-    names = {t: listed for t, (_, listed) in windows.items()}
+def write_windows(spark, settings: Settings, trips, service: str, targets: dict[str, list[str]], run_id: str):
+    """Every metric table's rows of ``targets`` ({window_type: [window, ...]}) from ``trips`` (those windows' trips
+    and the windows' before them, with ``_week``), one commit per table: {table: Delta version}."""
+    from pyspark.sql import functions as F
+
+    slices = settings.monitor.slices
+    week = F.col("_week")
+    # Drift compares each window with the one before it; the other tables count the target windows only.
+    around = {
+        "week": F.when(week.isin([*targets["week"], *[add_weeks(w, -1) for w in targets["week"]]]), week),
+        "month": F.col("month"),
+    }
+    exact = {t: F.when(column.isin(targets[t]), column) for t, column in around.items()}
+    trips = trips.cache()  # each table's aggregation reads it once
     try:
-        return {
-            table.key: write(
-                settings, table, compute(trips, settings.monitor.slices, service, columns), service, names, run_id
-            )
+        written = {
+            table.key: write(settings, table, compute(trips, slices, service, exact), service, targets, run_id)
             for table, compute in TABLES
         }
+        drift = drift_metrics.rows(spark, settings, service, trips, around, targets)
+        written[lakehouse.DRIFT_METRICS.key] = write(settings, lakehouse.DRIFT_METRICS, drift, service, targets, run_id)
+        return written
     finally:
         trips.unpersist()
 
 
+def months_with_previous(weeks: list[str]) -> tuple[list[str], list[str]]:
+    """(the weeks' months, those months plus the months of the weeks before and the months before: what drift's
+    baselines read)."""
+    months = sorted({m for w in weeks for m in week_months(w)})
+    before = {m for w in weeks for m in week_months(add_weeks(w, -1))} | {add_months(m, -1) for m in months}
+    return months, sorted(set(months) | before)
+
+
 def refresh_week(spark, settings: Settings, service: str, week: str, run_id: str) -> dict[str, int]:
     """The week's rows and those of the months it touches (what a monitor run writes)."""
-    from pyspark.sql import functions as F
-
-    months = week_months(week)
-    trips = scored(spark, settings, service, months).withColumn("_week", week_key())
-    in_week = F.when(F.col("_week") == week, F.col("_week"))  # the month's other trips count for the month only
-    windows = {"week": (in_week, [week]), "month": (F.col("month"), months)}
-    return write_windows(settings, trips, service, windows, run_id)
+    months, read = months_with_previous([week])
+    trips = scored(spark, settings, service, read).withColumn("_week", week_key())
+    return write_windows(spark, settings, trips, service, {"week": [week], "month": months}, run_id)
 
 
 def fill(spark, settings: Settings, service: str, run_id: str) -> dict[str, Any]:
@@ -191,16 +194,15 @@ def fill(spark, settings: Settings, service: str, run_id: str) -> dict[str, Any]
     `taxi monitor --metrics` runs after an upgrade, or after changing ``monitor.slices``."""
     from pyspark.sql import functions as F
 
+    setup_mlflow(settings)  # drift's baselines are the versions' reference profiles, in the registry
     weeks = []
     if lakehouse.exists(settings, lakehouse.DRIFT):
         drift = lakehouse.read(spark, settings, lakehouse.DRIFT).where(F.col("service") == service)
         weeks = sorted(r.week for r in drift.select("week").distinct().collect())
     if not weeks:
         return {"service": service, "weeks": [], "months": [], "message": "no reported week: nothing to fill"}
-    months = sorted({m for w in weeks for m in week_months(w)})
-    trips = scored(spark, settings, service, months).withColumn("_week", week_key())
-    reported = F.when(F.col("_week").isin(weeks), F.col("_week"))
-    windows = {"week": (reported, weeks), "month": (F.col("month"), months)}
-    versions = write_windows(settings, trips, service, windows, run_id)
+    months, read = months_with_previous(weeks)
+    trips = scored(spark, settings, service, read).withColumn("_week", week_key())
+    versions = write_windows(spark, settings, trips, service, {"week": weeks, "month": months}, run_id)
     page = service_page.publish(spark, settings, service)
     return {"service": service, "weeks": weeks, "months": months, "versions": versions, "service_page": str(page)}

@@ -4,11 +4,13 @@ and which complete ISO weeks of the scored months still have no report."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from jobs.models.inputs import PREDICTION
 from jobs.models.interval import P10, P90
+from jobs.models.metrics import with_bands, with_slices
 from jobs.platform import lakehouse, sql
-from jobs.platform.config import Settings
+from jobs.platform.config import ConfigError, Settings
 from jobs.platform.errors import MissingUpstream
 from jobs.platform.months import add_weeks, month_start, wall_clock, week_bounds, week_months
 
@@ -108,3 +110,29 @@ def pending_weeks(spark, settings: Settings, service: str) -> list[str]:
             .collect()
         }
     return [w for w in complete_weeks(scored) if w not in done]
+
+
+# The keys of every metric table's row (jobs.monitoring.metric_tables, drift_metrics).
+KEYS = ("service", "window_type", "window", "slice_key", "slice_value", "model_version")
+
+
+def with_windows_and_slices(scored, slices: list[str], windows: dict[str, Any]):
+    """The trips exploded into their windows ({window_type: column}, null where a trip is in none) and then into
+    the population and each slice (``slice_key``/``slice_value``): grouping by them aggregates all in one pass."""
+    from pyspark.sql import functions as F
+
+    banded = with_bands(scored)
+    unknown = [c for c in slices if c not in banded.columns]
+    if unknown:
+        raise ConfigError(
+            f"monitor.slices names {', '.join(unknown)}, not a column of the scored trips with their features "
+            "(nor hour_band / distance_band)"
+        )
+    pairs = F.array(*[F.struct(F.lit(t).alias("window_type"), c.alias("window")) for t, c in windows.items()])
+    windowed = (
+        banded.select("*", F.explode(pairs).alias("_window"))
+        .select("*", "_window.window_type", "_window.window")
+        .drop("_window")
+        .where(F.col("window").isNotNull())
+    )
+    return with_slices(windowed, slices)

@@ -51,6 +51,8 @@ BACKTEST = Table("backtest", "monitoring/backtest", ("service",), "taxi backtest
 ACCURACY_METRICS = Table("accuracy_metrics", "monitoring/accuracy_metrics", ("service",), "taxi monitor")
 # Per window x slice x model version x column: count, null share, mean, quantiles, distinct count.
 PROFILE_METRICS = Table("profile_metrics", "monitoring/profile_metrics", ("service",), "taxi monitor")
+# Per window x slice x model version x column x baseline (reference, previous window): PSI, JS, KS, Wasserstein.
+DRIFT_METRICS = Table("drift_metrics", "monitoring/drift_metrics", ("service",), "taxi monitor")
 ALL_TABLES = (
     BRONZE,
     TRIPS,
@@ -63,6 +65,7 @@ ALL_TABLES = (
     BACKTEST,
     ACCURACY_METRICS,
     PROFILE_METRICS,
+    DRIFT_METRICS,
 )
 CATALOG_DB = "taxi"
 

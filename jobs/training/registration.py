@@ -23,7 +23,10 @@ def register_best(ctx: RunContext, bake: Bakeoff, champion, champion_mv):
     best = min(models, key=lambda c: c.rmse)
     # The monitoring reference: the validation month as the chosen model predicted it before any refit.
     profile = build_profile(
-        predict_minutes(data.valid_all, best.model, PROFILE_COLUMNS), data.valid_month, settings.monitor.bins
+        predict_minutes(data.valid_all, best.model, PROFILE_COLUMNS),
+        data.valid_month,
+        settings.monitor.bins,
+        settings.monitor.slices,
     )
     profile_uri = registry.log_reference_profile(mlflow, profile)
     cfg = settings.train
