@@ -112,7 +112,8 @@ def test_three_months_replayed_from_an_empty_lakehouse(spark, empty_lake, tmp_pa
     # Shared trainings: the first champion and one training per replayed month, whatever the four policies asked.
     setup_mlflow(s)
     versions = registry.versions(s, "green")
-    assert len(versions) == 3
+    tags = ("valid_month", "trained_through", "train_months", "gate")
+    assert len(versions) == 3, [(v.version, {k: v.tags.get(k) for k in tags}) for v in versions]
     assert result["policies"]["always"]["trainings"] == result["policies"]["monthly"]["trainings"] == 2
     assert result["policies"]["frozen"]["trainings"] == 0
     used = {p["champion_version"] for m in result["months"] for p in m["policies"].values()}

@@ -113,7 +113,9 @@ def try_training(ctx: RunContext, until: str) -> None:
     """A training until ``until`` (the gate decides); a window that cannot fill yet (fewer than two feature months)
     is reported and the loop goes on, as the training DAG's failed run would leave the next month to try."""
     try:
-        train.run(ctx.spark, ctx.settings, ctx.service, until)
+        trained = train.run(ctx.spark, ctx.settings, ctx.service, until)
+        if trained.get("skipped"):  # the champion has seen the month: a rerun, or a month replayed out of order
+            ctx.log.warning("training registered nothing", until=until, reason=trained["skipped"])
     except WindowNotFilled as e:  # anything else missing is a real failure, not a month to pass over
         ctx.log.warning("no training", until=until, reason=str(e))
 
