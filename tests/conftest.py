@@ -109,12 +109,19 @@ def pytest_runtest_setup(item):
 
 
 # ---- the session and the lakehouses ---------------------------------------------------------------------------
+def own_environment() -> dict[str, str]:
+    """This process's environment without the tracking URI MLflow exports into it at every ``set_tracking_uri``: a
+    test's lakehouse uses its own MLflow store, never the store the previous test pointed MLflow at (a backtest on
+    an empty lakehouse once found another test's champion there, and trained nothing until a later month)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 @pytest.fixture(scope="session")
 def settings():
     """The scratch lakehouse's settings (TAXI_LAKEHOUSE): what the CLI sees unless a test points it elsewhere."""
     from jobs.platform.config import load_settings
 
-    return load_settings()
+    return load_settings(env=own_environment())
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +137,7 @@ def settings_for(lakehouse: Path, base=None):
     """``base`` (default: the environment's settings) with its lakehouse moved to ``lakehouse``."""
     from jobs.platform.config import load_settings
 
-    return (base or load_settings()).model_copy(update={"lakehouse": lakehouse}, deep=True)
+    return (base or load_settings(env=own_environment())).model_copy(update={"lakehouse": lakehouse}, deep=True)
 
 
 @dataclass
