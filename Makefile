@@ -18,7 +18,7 @@ export AIRFLOW_HOME ?= $(abspath .airflow)
 SEED ?= $(shell python3 -c 'import random; print(random.randrange(10**6))')
 PYTEST_ORDER := -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
-.PHONY: setup demo test test-fast test-slow test-all test-deep test-reverse lint bench bench-quick bench-tune airflow clean java help
+.PHONY: setup demo test test-fast test-slow test-all test-deep test-reverse lint bench bench-quick bench-tune bench-writers airflow clean java help
 
 help:
 	@echo "make demo         run the whole pipeline on the shipped sample months (local Spark, ./lakehouse)"
@@ -31,6 +31,7 @@ help:
 	@echo "make setup        create/refresh .venv and resolve the Spark JARs (the other targets do this)"
 	@echo "make bench        benchmarks at 0.25M/1M/3M rows;  make bench-quick: 0.25M rows"
 	@echo "make bench-tune   train --tune: two 1-slot trials at once vs one 2-slot trial at a time"
+	@echo "make bench-writers four drivers committing to one S3 table at once: the DynamoDB log store vs single-driver"
 	@echo "make airflow      start Airflow locally (airflow standalone) with the project's DAGs, on :8080"
 	@echo "make clean        remove the lakehouse and caches (keeps .venv and the JAR cache)"
 
@@ -97,6 +98,9 @@ bench-quick: setup
 
 bench-tune: setup
 	$(BIN)/python bench/run.py --tune
+
+bench-writers: setup
+	$(BIN)/python bench/concurrent_writers.py --moto
 
 airflow: setup
 	@echo "Airflow UI: http://localhost:8080  login: admin, password: printed below by 'airflow standalone'"
