@@ -251,6 +251,8 @@ def cli_lakehouse(monkeypatch):
 
     def point(s):
         monkeypatch.setenv("TAXI_LAKEHOUSE", str(s.lakehouse))
+        for exported in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # an earlier test's store (own_environment)
+            monkeypatch.delenv(exported, raising=False)
         return s
 
     return point

@@ -18,6 +18,7 @@ from pathlib import Path
 from jobs.platform import log_store, storage
 from jobs.platform.class_archive import driver_java_options
 from jobs.platform.config import Settings
+from jobs.platform.errors import TaxiError
 from jobs.platform.log import child_output_to_log_file, jvm_log_options
 
 log = logging.getLogger("taxi.spark")
@@ -150,6 +151,13 @@ def with_log_store(settings: Settings, jars: list[str], object_store: bool | Non
 def _resolve(settings: Settings) -> list[str]:
     """Resolve the configured packages into the cache in a short local session that opens no table (so it needs
     no log store of its own)."""
+    from pyspark.sql import SparkSession
+
+    if SparkSession.getActiveSession() is not None:  # a running JVM cannot load new packages; never stop it here
+        raise TaxiError(
+            f"the JARs of {session_packages(settings)} are not resolved yet and this process already runs a Spark "
+            "session: run `taxi jars` (with --object-store for an s3a:// lakehouse) first"
+        )
     local = settings.model_copy(deep=True)
     local.spark.master = "local[1]"
     local.writes.s3_log_store = "single-driver"
