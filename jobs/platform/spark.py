@@ -106,7 +106,7 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
     packages = session_packages(settings)
     jars = cached_jars(settings)
     if jars is None and packages and log_store.uses_dynamodb(settings):
-        jars = _resolve(settings)  # the log store compiles against the resolved JARs: resolve them first
+        jars = _resolve_in_child(settings)  # the log store compiles against the resolved JARs: resolve them first
     if jars:
         builder = builder.config("spark.jars", ",".join(with_log_store(settings, jars)))
     elif packages:
@@ -164,6 +164,27 @@ def _resolve(settings: Settings) -> list[str]:
     local.airflow.spark_pool_slots = 1
     spark = get_spark(local, app_name="taxi-resolve-jars", extra_conf={"spark.ui.enabled": "false"})
     spark.stop()
+    return cached_jars(settings) or []
+
+
+def _resolve_in_child(settings: Settings) -> list[str]:
+    """Resolve the JARs and compile the log store in a short child process: a JVM puts JARs on the driver's class
+    path when it starts, so this process's JVM must start with the compiled class already in the list."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "TAXI_LAKEHOUSE": str(settings.lakehouse),
+        "TAXI__SPARK__JAR_CACHE": str(settings.spark.jar_cache),
+    }
+    code = (
+        "from jobs.platform.config import load_settings; from jobs.platform.spark import ensure_jars; "
+        "ensure_jars(load_settings())"
+    )
+    with child_output_to_log_file():
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise TaxiError(f"resolving the JARs of {session_packages(settings)} failed: {out.stderr.strip()[-2000:]}")
     return cached_jars(settings) or []
 
 
