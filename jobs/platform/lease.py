@@ -67,18 +67,10 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _client(settings: Settings):
-    import boto3
-
-    return boto3.client(
-        "dynamodb", endpoint_url=log_store.endpoint(settings) or None, region_name=log_store.region(settings)
-    )
-
-
 @contextlib.contextmanager
 def _dynamodb_lease(settings: Settings, what: str):
     w = settings.writes
-    client, table = _client(settings), w.dynamodb_table
+    client, table = log_store.dynamodb_client(settings), w.dynamodb_table
     me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     key = {"tablePath": {"S": f"lease:{what}"}, "fileName": {"S": "lease"}}
     _acquire(settings, client, key, me, what)

@@ -80,16 +80,21 @@ def check_writers(settings: Settings) -> None:
         )
 
 
+def dynamodb_client(settings: Settings):
+    """A boto3 DynamoDB client on the log store's endpoint and region (credentials: the AWS default chain)."""
+    import boto3
+
+    return boto3.client("dynamodb", endpoint_url=endpoint(settings) or None, region_name=region(settings))
+
+
 def create_table(settings: Settings, timeout_s: float = 120) -> dict[str, object]:
     """Create the log store's DynamoDB table if it is missing (the layout the class expects; on-demand capacity;
     ``expireTime`` as its TTL attribute) and wait until it is active: what a deployment's init step runs
     (`taxi log-store init`). The class creates it too on first use, where its credentials may."""
     import time
 
-    import boto3
-
     name = settings.writes.dynamodb_table
-    client = boto3.client("dynamodb", endpoint_url=endpoint(settings) or None, region_name=region(settings))
+    client = dynamodb_client(settings)
     existing = client.list_tables()["TableNames"]
     created = name not in existing
     if created:
