@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,31 @@ def test_the_log_store_jar_is_compiled_once_from_its_source_with_the_same_bytes(
     first = open(built[0], "rb").read()
     os.remove(built[0])
     assert open(log_store.ensure_jar(load_settings(), jars[:-1]), "rb").read() == first  # reproducible
+
+
+def test_drivers_starting_at_once_on_a_cold_jar_cache_resolve_it_once_and_all_start(tmp_path):
+    """Three `taxi jars --object-store` at once on a cache with no manifest, no S3 connector and no compiled log
+    store (a fresh host whose first jobs start together): one resolves and compiles, the others wait for it, and
+    all three list the same JARs."""
+    from .processes import taxi_bin
+
+    cache = tmp_path / "jars"
+    # Ivy's files for the configured packages; the S3 connector's fetched again, as on a host that never used it.
+    shutil.copytree(Path(load_settings().spark.jar_cache) / "ivy" / "cache", cache / "ivy" / "cache")
+    for connector in ("com.amazonaws", "org.apache.hadoop"):
+        shutil.rmtree(cache / "ivy" / "cache" / connector)
+    env = {**os.environ, "TAXI__SPARK__JAR_CACHE": str(cache)}
+    procs = [
+        subprocess.Popen(
+            [taxi_bin(), "jars", "--object-store"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    listed = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(listed) == 1, listed
+    assert len(list(cache.glob("manifest-*.json"))) == 1 and len(list(cache.glob("taxi-delta-log-store-*.jar"))) == 1
 
 
 # ---- on moto's S3 + DynamoDB server ----------------------------------------------------------------------------

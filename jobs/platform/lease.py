@@ -50,12 +50,12 @@ def held(settings: Settings, name: str, lock_file: Path):
         with _dynamodb_lease(settings, f"{settings.lakehouse}/{name}") as hold:
             yield hold
     else:
-        with _file_lock(lock_file) as hold:
+        with file_lock(lock_file) as hold:
             yield hold
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)

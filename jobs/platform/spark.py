@@ -19,6 +19,7 @@ from jobs.platform import log_store, storage
 from jobs.platform.class_archive import driver_java_options
 from jobs.platform.config import Settings
 from jobs.platform.errors import TaxiError
+from jobs.platform.lease import file_lock
 from jobs.platform.log import child_output_to_log_file, jvm_log_options
 
 log = logging.getLogger("taxi.spark")
@@ -31,6 +32,7 @@ DELTA_CONF = {
 # timestamps become the trips' wall-clock times (TIMESTAMP_NTZ) through this zone, whatever the JVM's or the
 # machine's zone is.
 FIXED_CONF = {"spark.sql.session.timeZone": "UTC"}
+RESOLVER_ENV = "TAXI_JAR_RESOLVER"  # set for the child process that resolves the JARs (see _resolve_in_child)
 
 
 def session_packages(settings: Settings, object_store: bool | None = None) -> list[str]:
@@ -105,11 +107,11 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict[
     builder = SparkSession.builder.master(settings.spark.master).appName(app_name or settings.spark.app_name)
     packages = session_packages(settings)
     jars = cached_jars(settings)
-    if jars is None and packages and log_store.uses_dynamodb(settings):
-        jars = _resolve_in_child(settings)  # the log store compiles against the resolved JARs: resolve them first
+    if jars is None and packages and not _is_resolver():
+        jars = _resolve_in_child(settings)  # so this JVM starts with every JAR (and the log store's) on its class path
     if jars:
         builder = builder.config("spark.jars", ",".join(with_log_store(settings, jars)))
-    elif packages:
+    elif packages:  # the resolving child: Ivy fetches the packages into the cache while the session starts
         settings.spark.jar_cache.mkdir(parents=True, exist_ok=True)
         log.info("resolving %s from Maven (once; cached in %s)", packages, settings.spark.jar_cache)
         builder = builder.config("spark.jars.packages", ",".join(packages)).config(
@@ -148,16 +150,17 @@ def with_log_store(settings: Settings, jars: list[str], object_store: bool | Non
     return [*jars, log_store.ensure_jar(settings, jars)]
 
 
-def _resolve(settings: Settings) -> list[str]:
-    """Resolve the configured packages into the cache in a short local session that opens no table (so it needs
-    no log store of its own)."""
-    from pyspark.sql import SparkSession
+def _is_resolver() -> bool:
+    return os.environ.get(RESOLVER_ENV) == "1"
 
-    if SparkSession.getActiveSession() is not None:  # a running JVM cannot load new packages; never stop it here
-        raise TaxiError(
-            f"the JARs of {session_packages(settings)} are not resolved yet and this process already runs a Spark "
-            "session: run `taxi jars` (with --object-store for an s3a:// lakehouse) first"
-        )
+
+def _resolve(settings: Settings) -> list[str]:
+    """Resolve the configured packages into the cache: in a child process, unless this is that child."""
+    return _resolve_here(settings) if _is_resolver() else _resolve_in_child(settings)
+
+
+def _resolve_here(settings: Settings) -> list[str]:
+    """The child's work: a short local session that opens no table (so it needs no log store of its own)."""
     local = settings.model_copy(deep=True)
     local.spark.master = "local[1]"
     local.writes.s3_log_store = "single-driver"
@@ -168,24 +171,31 @@ def _resolve(settings: Settings) -> list[str]:
 
 
 def _resolve_in_child(settings: Settings) -> list[str]:
-    """Resolve the JARs and compile the log store in a short child process: a JVM puts JARs on the driver's class
-    path when it starts, so this process's JVM must start with the compiled class already in the list."""
+    """Resolve the JARs (and compile the log store) in a short child process, one process per cache at a time.
+
+    A child, because a JVM puts JARs on the driver's class path only when it starts, and a running session must not
+    be stopped for it. A lock, because drivers starting at once on a cold host (parallel Airflow tasks, the writers
+    of bench/concurrent_writers.py) would otherwise run Ivy on one cache together, and Ivy's cache is not safe for
+    that: the losers' JVMs die before the session starts."""
     import subprocess
 
-    env = {
-        **os.environ,
-        "TAXI_LAKEHOUSE": str(settings.lakehouse),
-        "TAXI__SPARK__JAR_CACHE": str(settings.spark.jar_cache),
-    }
-    code = (
-        "from jobs.platform.config import load_settings; from jobs.platform.spark import ensure_jars; "
-        "ensure_jars(load_settings())"
-    )
-    with child_output_to_log_file():
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise TaxiError(f"resolving the JARs of {session_packages(settings)} failed: {out.stderr.strip()[-2000:]}")
-    return cached_jars(settings) or []
+    cache = settings.spark.jar_cache
+    with file_lock(cache / "resolve.lock"):
+        jars = cached_jars(settings)  # another driver may have resolved them while this one waited
+        if jars is not None:
+            return jars
+        env = {**os.environ, "TAXI_LAKEHOUSE": str(settings.lakehouse), "TAXI__SPARK__JAR_CACHE": str(cache)}
+        code = (
+            "import json, sys; from jobs.platform.config import load_settings; "
+            "from jobs.platform.spark import ensure_jars; settings = load_settings(); "
+            "settings.spark.packages = json.loads(sys.argv[1]); ensure_jars(settings)"
+        )
+        cmd = [sys.executable, "-c", code, json.dumps(settings.spark.packages)]
+        with child_output_to_log_file():
+            out = subprocess.run(cmd, env={**env, RESOLVER_ENV: "1"}, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise TaxiError(f"resolving the JARs of {session_packages(settings)} failed: {out.stderr.strip()[-2000:]}")
+        return cached_jars(settings) or []
 
 
 def ensure_jars(settings: Settings, object_store: bool | None = None) -> list[str]:
