@@ -241,7 +241,8 @@ def markdown(r: dict) -> str:
         f"| validation share of the pipeline | {r['validation_share_of_pipeline']} | |",
         f"| GX validation ÷ plain Spark filter (same rules) | {r['validation_vs_plain_filter_ratio']} | ≤ 4 |",
         f"| pipeline time at 4× rows | {r['rows_4x_time_ratio']} | ≤ 2.5 |",
-        f"| metric tables of a week ÷ the rest of its monitor run ({r['monitoring']['week']}) | "
+        f"| metric tables ÷ the rest of the monitor runs, a month's {len(r['monitoring']['weeks'])} weeks "
+        f"(first week, which also writes the month's rows: {r['monitoring']['first_week_ratio']}) | "
         f"{r['metric_tables_vs_monitor_ratio']} | ≤ 1.5 |",
     ]
     return "\n".join(lines) + "\n"

@@ -90,7 +90,11 @@ def _result() -> dict:
         "started_at": "2026-12-06T20:00:00",
         "rounds": {"xgboost": 20, "lightgbm": 20},
         "sizes": {"250000": size, "1000000": {**size, "pipeline_seconds": 16.0}},
-        "monitoring": {"week": "2024-W06", "metric_tables_vs_monitor_ratio": 0.4},
+        "monitoring": {
+            "weeks": [{"week": "2024-W06", "monitor_seconds": 7.0, "peak_mib": 900, "tables_seconds": 2.0}],
+            "first_week_ratio": 0.4,
+            "metric_tables_vs_monitor_ratio": 0.4,
+        },
         "training": {
             "rows": 20_000,
             "xgb_spark_seconds": 3.0,
@@ -203,13 +207,10 @@ def test_the_bench_runs_end_to_end_on_tiny_months_and_writes_every_key(tmp_path)
         "champion_version",
         "monitoring",
     }
-    assert set(result["monitoring"]) == {
-        "week",
-        "monitor_seconds",
-        "monitor_peak_mib",
-        "metric_tables_seconds",
-        "metric_tables_vs_monitor_ratio",
-    }
+    assert set(result["monitoring"]) == {"weeks", "first_week_ratio", "metric_tables_vs_monitor_ratio"}
+    weeks = result["monitoring"]["weeks"]
+    assert weeks and all(set(w) == {"week", "monitor_seconds", "peak_mib", "tables_seconds"} for w in weeks)
+    assert all(0 < w["tables_seconds"] < w["monitor_seconds"] for w in weeks)
     assert all(_positive(result[k]) for k in RATIO_KEYS), {k: result[k] for k in RATIO_KEYS}
     assert result["rounds"] == {"xgboost": 20, "lightgbm": 20}
     assert set(result["sizes"]) == {"20000", "80000"}

@@ -90,6 +90,24 @@ def test_whole_population_rows_agree_with_the_weekly_reports_and_months_are_wind
     assert months.trips.item() == len(partition_rows(golden.settings, lakehouse.PREDICTIONS, "green", "2023-02"))
 
 
+def test_a_months_rows_come_from_its_first_reported_week_and_a_new_version_writes_them_again(golden, spark):
+    """Scoring is monthly: 2023-W06's run wrote 2023-02's rows, W07 and W08 wrote their weeks only. A version that
+    scored the month and has no rows yet (a new champion's rescoring, a shadow) makes the month pending again."""
+    table, runs = _table(golden.settings), {w: golden.summaries[f"monitor {w}"]["run_id"] for w in GOLDEN_WEEKS}
+    assert set(table[table.window_type == "month"].run_id) == {runs["2023-W06"]}
+    for week in GOLDEN_WEEKS:
+        assert set(table[table.window == week].run_id) == {runs[week]}
+    version = int(table.model_version.iloc[0])
+
+    def pending(*scored):
+        trips = spark.createDataFrame(list(scored), "month string, model_version int")
+        return metric_tables.pending_months(spark, golden.settings, "green", trips)
+
+    assert pending(("2023-02", version)) == []
+    assert pending(("2023-02", version), ("2023-02", version + 1)) == ["2023-02"]
+    assert pending(("2023-02", version), ("2023-03", version)) == ["2023-03"]
+
+
 def test_profile_rows_per_column_agree_with_pandas(golden):
     table = DeltaTable(lakehouse.PROFILE_METRICS.path(golden.settings)).to_pandas()
     assert not table.duplicated([*KEYS, "column"]).any()
@@ -125,13 +143,21 @@ def test_the_fill_command_rebuilds_the_same_rows_and_a_rerun_changes_nothing(spa
     for table in tables:
         spark.sql(f"DELETE FROM delta.`{table.path(lake)}`")
     cli_lakehouse(lake)
-    for _ in range(2):
+    # percentile_approx's summaries depend on the rows read with a group's (a week alone in its monitor run, the
+    # months here): past 10,000 trips a group's p05/p50/p95 may move by a rank or two (the rank error that the
+    # pandas test above bounds), so they are compared on the fill's own rerun only, exactly like every other column.
+    quantiles = ["p05", "p50", "p95"]
+    for run in range(2):
         capsys.readouterr()
         assert main(["monitor", "--service", "green", "--metrics"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["weeks"] == list(GOLDEN_WEEKS) and out["months"] == ["2023-02"]
         for table in tables:
-            pd.testing.assert_frame_equal(_rows(lake, table), expected[table.key], check_exact=False, rtol=1e-9)
+            got, want = _rows(lake, table), expected[table.key]
+            if run == 0 and table is lakehouse.PROFILE_METRICS:
+                got, want = got.drop(columns=quantiles), want.drop(columns=quantiles)
+            pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9)
+            expected[table.key] = _rows(lake, table)
 
 
 def test_drift_rows_against_the_reference_are_the_weekly_reports_and_slices_have_both_baselines(golden):

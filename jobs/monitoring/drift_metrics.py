@@ -102,8 +102,8 @@ def rows(spark, settings: Settings, service: str, trips, windows: dict[str, Any]
     from pyspark.sql import functions as F
 
     in_target = F.lit(False)
-    for window_type, names in targets.items():
-        in_target = in_target | windows[window_type].isin(names)
+    for window_type, names in targets.items():  # a trip outside every window of a type has null there: not a target
+        in_target = in_target | F.coalesce(windows[window_type].isin(names), F.lit(False))
     versions = sorted(r[0] for r in trips.where(in_target).select("model_version").distinct().collect())
     out = []
     for version in versions:

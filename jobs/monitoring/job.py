@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +124,9 @@ def run(spark, settings: Settings, service: str, week: str, fail_on_retrain: boo
     measured = measure(ctx, current, rows, ref)
     summary = judge(ctx, measured, ref)
     drift_version, trend = write_drift(ctx, summary, measured, ref)
+    started = time.perf_counter()
     metric_versions = metric_tables.refresh_week(spark, settings, service, week, ctx.run_id)
+    summary["metric_tables_seconds"] = round(time.perf_counter() - started, 2)
     report_path = publish_report(ctx, mlflow, summary, measured, ref, trend)
     summary.update(
         drift_version=drift_version,

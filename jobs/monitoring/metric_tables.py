@@ -15,20 +15,23 @@ feature, the prediction and the actual duration: ``count`` (non-null), ``null_sh
 
 One aggregation pass per table and window type: each trip is counted once for the population and once in each of
 its slices (exploded keys), grouped by window, slice and version; no loop over slices. Every monitor run rewrites
-the rows of its week and of the months the week touches (scoring is monthly, so a month is whole once one of its
-weeks is reported); ``taxi monitor --metrics`` fills every window already reported and rebuilds the service's page.
-A window's rows are replaced, never appended: a rerun leaves the same table.
+the rows of its week, and of the months the week touches where a table lacks them for a version that scored the
+month (scoring is monthly, so a month is whole once one of its weeks is reported; later weeks skip it).
+``taxi monitor --metrics`` fills every window already reported and rebuilds the service's page. A window's rows are
+replaced, never appended: a rerun leaves the same table.
 """
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jobs.models.binning import CATEGORICAL, CONTINUOUS
 from jobs.models.inputs import PREDICTION, TARGET
 from jobs.models.metrics import coverage_exprs, metric_exprs
 from jobs.monitoring import drift_metrics, service_page
-from jobs.monitoring.weeks import KEYS, scored_trips, week_key, with_windows_and_slices
+from jobs.monitoring.weeks import KEYS, picked_up_in, scored_trips, week_key, with_windows_and_slices
 from jobs.platform import lakehouse, sql
 from jobs.platform.config import Settings
 from jobs.platform.months import add_months, add_weeks, week_months
@@ -156,20 +159,24 @@ def write_windows(spark, settings: Settings, trips, service: str, targets: dict[
     slices = settings.monitor.slices
     week = F.col("_week")
     # Drift compares each window with the one before it; the other tables count the target windows only.
+    month = F.col("month")
     around = {
         "week": F.when(week.isin([*targets["week"], *[add_weeks(w, -1) for w in targets["week"]]]), week),
-        "month": F.col("month"),
+        "month": F.when(month.isin([*targets["month"], *[add_months(m, -1) for m in targets["month"]]]), month),
     }
     exact = {t: F.when(column.isin(targets[t]), column) for t, column in around.items()}
     trips = trips.cache()  # each table's aggregation reads it once
+    rows = {table: lambda compute=compute: compute(trips, slices, service, exact) for table, compute in TABLES}
+    rows[lakehouse.DRIFT_METRICS] = lambda: drift_metrics.rows(spark, settings, service, trips, around, targets)
     try:
-        written = {
-            table.key: write(settings, table, compute(trips, slices, service, exact), service, targets, run_id)
-            for table, compute in TABLES
-        }
-        drift = drift_metrics.rows(spark, settings, service, trips, around, targets)
-        written[lakehouse.DRIFT_METRICS.key] = write(settings, lakehouse.DRIFT_METRICS, drift, service, targets, run_id)
-        return written
+        # The tables at once, each from its own thread: a write spends about as long in Delta's commit and log reads
+        # (the driver, waiting) as in its aggregation (the cores), so one table's commit overlaps another's work.
+        with ThreadPoolExecutor(len(rows), thread_name_prefix="metric-tables") as pool:
+            futures = {
+                table.key: pool.submit(lambda t=table, r=compute: write(settings, t, r(), service, targets, run_id))
+                for table, compute in rows.items()
+            }
+            return {key: future.result() for key, future in futures.items()}
     finally:
         trips.unpersist()
 
@@ -183,10 +190,42 @@ def months_with_previous(weeks: list[str]) -> tuple[list[str], list[str]]:
 
 
 def refresh_week(spark, settings: Settings, service: str, week: str, run_id: str) -> dict[str, int]:
-    """The week's rows and those of the months it touches (what a monitor run writes)."""
-    months, read = months_with_previous([week])
-    trips = scored(spark, settings, service, read).withColumn("_week", week_key())
-    return write_windows(spark, settings, trips, service, {"week": [week], "month": months}, run_id)
+    """A monitor run's share: the week's rows, and those of the months it touches that the tables do not hold yet
+    for every version that scored them. Scoring is monthly, so a month's rows are whole from its first reported week
+    on; the month's later weeks read only themselves and the week before (drift's baseline)."""
+    before = add_weeks(week, -1)
+    recent = sorted(set(week_months(week)) | set(week_months(before)))
+    trips = scored(spark, settings, service, recent, picked_up_in(week) | picked_up_in(before))
+    months = pending_months(spark, settings, service, trips.where(picked_up_in(week)))
+    if months:  # the whole months, and the months before them (drift's baseline)
+        trips = scored(spark, settings, service, sorted({*recent, *months, *(add_months(m, -1) for m in months)}))
+    targets = {"week": [week], "month": months}
+    return write_windows(spark, settings, trips.withColumn("_week", week_key()), service, targets, run_id)
+
+
+def pending_months(spark, settings: Settings, service: str, week_trips) -> list[str]:
+    """The months of the week's trips whose rows some metric table lacks for a version that scored them (a month
+    scored again by a new champion, or a shadow added since, is written again)."""
+    from pyspark.sql import functions as F
+
+    version = F.col("model_version").cast("int")
+    scored_by = {
+        r.month: set(r.versions)
+        for r in week_trips.groupBy("month").agg(F.collect_set(version).alias("versions")).collect()
+    }
+    tables = [*(table for table, _ in TABLES), lakehouse.DRIFT_METRICS]
+    if not scored_by or not all(lakehouse.exists(settings, t) for t in tables):
+        return sorted(scored_by)
+    wanted = f"{sql.matches(service=service, window_type='month')} AND {sql.is_in('`window`', scored_by)}"
+    frames = [
+        lakehouse.read(spark, settings, t).where(wanted).select(F.lit(t.key).alias("t"), "window", version).distinct()
+        for t in tables
+    ]
+    held: dict[tuple[str, int], set[str]] = {}
+    for r in functools.reduce(lambda a, b: a.unionByName(b), frames).collect():
+        held.setdefault((r.window, r.model_version), set()).add(r.t)
+    complete = {key for key, where in held.items() if len(where) == len(tables)}
+    return sorted(m for m, versions in scored_by.items() if any((m, v) not in complete for v in versions))
 
 
 def fill(spark, settings: Settings, service: str, run_id: str) -> dict[str, Any]:
