@@ -118,8 +118,8 @@ def test_profile_rows_per_column_agree_with_pandas(golden):
     values = week[PREDICTION]
     assert row["count"] == len(values) and row.null_share == 0 and pd.isna(row.distinct_count)
     assert row["mean"] == pytest.approx(values.mean(), abs=1e-6)
-    for name, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):  # rank error at most 1/10,000 of the rows
-        low, high = values.quantile(max(0, q - 2e-4)), values.quantile(min(1, q + 2e-4))
+    for name, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):  # rank error at most 1/1,000 of the rows
+        low, high = values.quantile(max(0, q - 1e-3)), values.quantile(min(1, q + 1e-3))
         assert low - 1e-9 <= row[name] <= high + 1e-9, (name, row[name], low, high)
     queens = table[(table.window == GOLDEN_WEEK) & (table.slice_value == "Queens") & (table.column == TARGET)].iloc[0]
     actual = week[week.pu_borough == "Queens"][TARGET]
@@ -144,7 +144,7 @@ def test_the_fill_command_rebuilds_the_same_rows_and_a_rerun_changes_nothing(spa
         spark.sql(f"DELETE FROM delta.`{table.path(lake)}`")
     cli_lakehouse(lake)
     # percentile_approx's summaries depend on the rows read with a group's (a week alone in its monitor run, the
-    # months here): past 10,000 trips a group's p05/p50/p95 may move by a rank or two (the rank error that the
+    # months here): past 1,000 trips a group's p05/p50/p95 may move by a rank or two (the rank error that the
     # pandas test above bounds), so they are compared on the fill's own rerun only, exactly like every other column.
     quantiles = ["p05", "p50", "p95"]
     for run in range(2):

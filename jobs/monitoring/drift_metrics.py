@@ -28,9 +28,10 @@ from typing import Any
 from jobs.models import registry
 from jobs.models.binning import MISSING, bin_columns, bin_pairs
 from jobs.models.inputs import PREDICTION
+from jobs.models.metrics import with_slices
 from jobs.models.profile import profile_parts
 from jobs.monitoring.stats import js_distance, proportions, psi
-from jobs.monitoring.weeks import KEYS, with_windows_and_slices
+from jobs.monitoring.weeks import KEYS, with_windows
 from jobs.platform import lakehouse
 from jobs.platform.config import Settings
 from jobs.platform.months import add_months, add_weeks
@@ -77,18 +78,20 @@ def distances(spec, baseline: dict[int, int], current: dict[int, int]) -> dict[s
 
 # ---- the Spark side: binned counts of every window and slice ---------------------------------------------------
 def binned(frame, specs, slices: list[str], windows: dict[str, Any]) -> dict[tuple, dict[int, int]]:
-    """{(window_type, window, slice_key, slice_value, column): {bin: trips}} of ``frame`` in one aggregation."""
+    """{(window_type, window, slice_key, slice_value, column): {bin: trips}} of ``frame``, in one pass over it."""
     from pyspark.sql import functions as F
 
-    # Bins first, once per trip; then each trip is multiplied into its windows, slices and columns.
+    # Bins first, once per trip. Then the trips of each window are counted per bin and combination of slice values
+    # (a few thousand rows, not trips x slices x columns), and only those counts are multiplied into the slices.
     with_bins, columns = bin_columns(frame, specs)
-    exploded = with_windows_and_slices(with_bins, slices, windows)
-    rows = (
-        exploded.select(*KEYS[1:5], F.explode(bin_pairs(specs, columns)).alias("p"))
-        .groupBy(*KEYS[1:5], "p.f", "p.b")
+    values = [F.col(d).cast("string").alias(d) for d in slices]
+    combos = (
+        with_windows(with_bins, slices, windows)
+        .select("window_type", "window", *values, F.explode(bin_pairs(specs, columns)).alias("p"))
+        .groupBy("window_type", "window", *slices, F.col("p.f").alias("f"), F.col("p.b").alias("b"))
         .count()
-        .collect()
     )
+    rows = with_slices(combos, slices).groupBy(*KEYS[1:5], "f", "b").agg(F.sum("count").alias("count")).collect()
     out: dict[tuple, dict[int, int]] = {}
     for r in rows:
         out.setdefault((r.window_type, r.window, r.slice_key, r.slice_value, r.f), {})[int(r.b)] = int(r["count"])

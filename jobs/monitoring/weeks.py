@@ -119,6 +119,12 @@ KEYS = ("service", "window_type", "window", "slice_key", "slice_value", "model_v
 def with_windows_and_slices(scored, slices: list[str], windows: dict[str, Any]):
     """The trips exploded into their windows ({window_type: column}, null where a trip is in none) and then into
     the population and each slice (``slice_key``/``slice_value``): grouping by them aggregates all in one pass."""
+    return with_slices(with_windows(scored, slices, windows), slices)
+
+
+def with_windows(scored, slices: list[str], windows: dict[str, Any]):
+    """The trips exploded into their windows (``window_type``, ``window``), with the slices' columns (the bands
+    added); a slice that names no column is a configuration error."""
     from pyspark.sql import functions as F
 
     banded = with_bands(scored)
@@ -129,10 +135,9 @@ def with_windows_and_slices(scored, slices: list[str], windows: dict[str, Any]):
             "(nor hour_band / distance_band)"
         )
     pairs = F.array(*[F.struct(F.lit(t).alias("window_type"), c.alias("window")) for t, c in windows.items()])
-    windowed = (
+    return (
         banded.select("*", F.explode(pairs).alias("_window"))
         .select("*", "_window.window_type", "_window.window")
         .drop("_window")
         .where(F.col("window").isNotNull())
     )
-    return with_slices(windowed, slices)
