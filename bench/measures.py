@@ -202,16 +202,12 @@ def monitoring_cost(spark, settings, month: str) -> dict:
         summary, run_s, mem = timed(monitor.run, spark, settings, "yellow", week)
         tables_s = summary["metric_tables_seconds"]
         weeks.append({"week": week, "monitor_seconds": round(run_s, 2), "peak_mib": mem, "tables_seconds": tables_s})
-    tables = sum(w["tables_seconds"] for w in weeks)
-    rest = sum(w["monitor_seconds"] for w in weeks) - tables
-    first = weeks[0]
-    return {
-        "weeks": weeks,
-        "first_week_ratio": round(
-            first["tables_seconds"] / max(first["monitor_seconds"] - first["tables_seconds"], 1e-9), 3
-        ),
-        "metric_tables_vs_monitor_ratio": round(tables / max(rest, 1e-9), 3),
-    }
+
+    def vs_rest(measured: list[dict]) -> float:  # the tables' seconds over the rest of the same runs
+        tables = sum(w["tables_seconds"] for w in measured)
+        return round(tables / max(sum(w["monitor_seconds"] for w in measured) - tables, 1e-9), 3)
+
+    return {"weeks": weeks, "first_week_ratio": vs_rest(weeks[:1]), "metric_tables_vs_monitor_ratio": vs_rest(weeks)}
 
 
 def bench_month(index: int) -> str:
