@@ -115,7 +115,9 @@ def plain_filter_seconds(spark, settings, month: str) -> float:
 
 def scoring_vs_bare(spark, settings, month: str) -> dict:
     """The score job against bare prediction of the same champion: every model it predicts with (the ensemble's
-    members and the interval's two quantile models), on the same rows, with as many threads as task slots."""
+    members and the interval's two quantile models), on the same rows, with as many threads as task slots; and the
+    same bare prediction with the version's compiled LightGBM trees instead of its LightGBM boosters."""
+    from jobs.models import compiled
     from jobs.models.interval import load_interval
     from jobs.models.prediction import predict_minutes
     from jobs.models.registry import load_registered
@@ -124,6 +126,7 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
 
     model, version = load_registered(settings, "yellow", alias="champion")
     interval = load_interval(version.tags["interval_uri"]) if version.tags.get("interval_uri") else None
+    predicts_with = compiled.attach(version, model, interval)  # what the score job predicts with
     feats = lakehouse.read_partition(spark, settings, lakehouse.FEATURES, "yellow", month)
     rows = feats.count()
     # 1) the whole score job: read Delta, predict, write Delta, read back for the summary.
@@ -134,7 +137,10 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
     predict_minutes(feats, model, ["trip_id"], interval=interval).write.format("noop").mode("overwrite").save()
     predict_s = time.perf_counter() - t
     # 3) bare: the same rows as one matrix in this process, every model predicted with the slots' threads.
-    bare_s = bare_predict_seconds(model, interval, feature_rows(feats), threads=slots(settings))
+    matrix = feature_rows(feats)
+    bare_s = bare_predict_seconds(model, interval, matrix, threads=slots(settings))
+    # 4) the same with the compiled trees: XGBoost predicts as in 3), each LightGBM booster from its library.
+    compiled_s = bare_predict_seconds(model, interval, matrix, threads=slots(settings), compiled_trees=True)
     models = [m.flavor for m in model.members] + (["lightgbm quantile"] * 2 if interval else [])
     return {
         "rows": rows,
@@ -147,6 +153,9 @@ def scoring_vs_bare(spark, settings, month: str) -> dict:
         "score_job_rows_per_s": round(rows / job_s),
         "spark_predict_rows_per_s": round(rows / predict_s),
         "bare_predict_rows_per_s": round(rows / bare_s),
+        "predicts_with": predicts_with,
+        "compiled_predict_seconds": round(compiled_s, 3),
+        "compiled_predict_rows_per_s": round(rows / compiled_s),
     }
 
 
@@ -166,12 +175,20 @@ def feature_rows(feats):
     return feature_matrix(feats.select(*MODEL_FEATURES).toPandas())
 
 
-def bare_predict_seconds(model, interval, matrix, threads: int) -> float:
+def bare_predict_seconds(model, interval, matrix, threads: int, compiled_trees: bool = False) -> float:
     """Seconds to predict ``matrix`` with every model of a champion directly on its boosters (in place, ``threads``
-    threads), including what the score job computes from them: minutes, the ensemble's mean, the interval."""
+    threads), including what the score job computes from them: minutes, the ensemble's mean, the interval.
+    ``compiled_trees``: LightGBM boosters predict from their compiled libraries (``jobs.models.compiled``) instead."""
     import numpy as np
 
+    from jobs.models import compiled
+
     def predictor(m):
+        if compiled_trees and m.compiled is not None:
+            predict = compiled.predictor(m.payload, *m.compiled, threads=threads)
+            if predict is None:
+                raise RuntimeError(f"trees compiled for {m.compiled[0]} cannot run on {compiled.host_platform()}")
+            return predict
         if m.flavor == "xgboost":
             booster = m.booster()
             booster.set_param({"nthread": threads})

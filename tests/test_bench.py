@@ -76,6 +76,7 @@ def _result() -> dict:
         "score_job_rows_per_s": 5_000,
         "spark_predict_rows_per_s": 6_000,
         "bare_predict_rows_per_s": 10_000,
+        "compiled_predict_rows_per_s": 25_000,
     }
     size = {
         "stages": {"ingest": stage, "validate": stage, "features": stage, "score": stage},
@@ -112,6 +113,7 @@ def test_headline_ratios_and_the_report_from_a_result():
     assert ratios == {
         "scoring_vs_bare_predict_ratio": 0.5,
         "spark_predict_vs_bare_predict_ratio": 0.6,
+        "compiled_vs_bare_predict_ratio": 2.5,
         "train_xgb_spark_vs_single_ratio": 1.5,
         "train_lgbm_spark_vs_single_ratio": 1.25,
         "validation_share_of_pipeline": 0.25,
@@ -155,6 +157,9 @@ SCORING_KEYS = {
     "score_job_rows_per_s",
     "spark_predict_rows_per_s",
     "bare_predict_rows_per_s",
+    "predicts_with",
+    "compiled_predict_seconds",
+    "compiled_predict_rows_per_s",
 }
 TRAINING_KEYS = {"rows", "train_months"} | {
     f"{learner}_{side}_{what}"
@@ -165,6 +170,7 @@ TRAINING_KEYS = {"rows", "train_months"} | {
 RATIO_KEYS = {
     "scoring_vs_bare_predict_ratio",
     "spark_predict_vs_bare_predict_ratio",
+    "compiled_vs_bare_predict_ratio",
     "train_xgb_spark_vs_single_ratio",
     "train_lgbm_spark_vs_single_ratio",
     "validation_share_of_pipeline",
@@ -223,6 +229,8 @@ def test_the_bench_runs_end_to_end_on_tiny_months_and_writes_every_key(tmp_path)
     assert set(result["training"]) == TRAINING_KEYS and result["training"]["train_months"] == ["2024-02"]
     assert set(result["train_job"]) == {"seconds", "peak_mib", "best", "best_rmse"}
     assert "| scoring job rows/s ÷ bare predict of the same models |" in report
+    # The champion was registered with its LightGBM trees compiled, and the bench predicted with them.
+    assert all(s["scoring"]["predicts_with"].startswith("compiled trees for ") for s in result["sizes"].values())
 
 
 @pytest.mark.slow

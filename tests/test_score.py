@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from deltalake import DeltaTable
 
+from jobs.models import compiled
 from jobs.platform import lakehouse
 
 from .conftest import partition_rows, table_version
@@ -21,6 +22,10 @@ def test_scoring_wrote_one_row_per_validated_trip_with_the_champion_version(gold
     assert pdf["trip_id"].is_unique and set(pdf["trip_id"]) == set(trips["trip_id"])
     champion = golden.client().get_model_version_by_alias(s.registered_model("green"), "champion")
     assert set(pdf["model_version"]) == {int(champion.version)} == {summary["model_version"]}
+    # The champion's LightGBM boosters (its own and its interval's) were compiled when it was registered, on this
+    # platform, so scoring predicted with the libraries (tests/test_compiled.py: the same numbers as the boosters).
+    assert champion.tags["compiled_platform"] == compiled.host_platform()
+    assert summary["predicts_with"].startswith("compiled trees for ")
     assert set(pdf["features_version"]) == {summary["features_version"]}
     expected = {
         "trip_id",

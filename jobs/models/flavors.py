@@ -30,6 +30,8 @@ class NativeModel:
 
     flavor: str  # "xgboost" | "lightgbm" | "keras" | "ensemble"
     payload: Any  # xgboost: UBJSON bytes; lightgbm: model string; keras: .keras file bytes; ensemble: members
+    # lightgbm: (platform, native library) from jobs.models.compiled, used where the process runs on that platform
+    compiled: tuple[str, bytes] | None = None
 
     @classmethod
     def from_booster(cls, booster) -> NativeModel:
@@ -84,6 +86,12 @@ class NativeModel:
             return lambda matrix: np.asarray(
                 network.predict(matrix, batch_size=8192, verbose=0), dtype="float64"
             ).reshape(-1)
+        if self.compiled is not None:
+            from jobs.models.compiled import predictor
+
+            compiled = predictor(self.payload, *self.compiled)
+            if compiled is not None:
+                return compiled
         booster, flavor = self.booster(), self.flavor
         return lambda matrix: np.asarray(predict_log(booster, flavor, matrix), dtype="float64")
 
@@ -93,7 +101,7 @@ class NativeModel:
         if self.flavor == "ensemble":
             return (self.flavor, *(m.key for m in self.payload))
         data = self.payload.encode() if isinstance(self.payload, str) else bytes(self.payload)
-        return (self.flavor, hashlib.blake2b(data, digest_size=16).hexdigest())
+        return (self.flavor, hashlib.blake2b(data, digest_size=16).hexdigest(), self.compiled is not None)
 
     @property
     def size_bytes(self) -> int:

@@ -208,11 +208,15 @@ class TrainConfig(_Section):
     # `taxi promote --version N` needs N to have beaten the champion in shadow in each of the latest this-many
     # monitored weeks (0: no shadow record needed).
     promote_after_shadow_weeks: int = Field(0, ge=0)
+    # Compile the registered version's LightGBM boosters to native code (lleaves), stored with the version.
+    compile_trees: bool = True
 
 
 class ScoreConfig(_Section):
     model_alias: str = "champion"
     batch_size: int = Field(50000, gt=0)
+    # Predict with the version's compiled trees where this host's platform is theirs (else with the boosters).
+    compiled_trees: bool = True
 
 
 class MonitorConfig(_Section):

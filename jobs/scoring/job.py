@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.models import registry
+from jobs.models import compiled, registry
 from jobs.models.inputs import PREDICTION, TARGET
 from jobs.models.interval import P10, P90, load_interval
 from jobs.models.metrics import metric_exprs
@@ -122,7 +122,7 @@ def run(
         )
     ctx.log.info(
         "done",
-        **{k: v for k, v in summary.items() if k != "shadow"},
+        **{k: v for k, v in summary.items() if k not in ("shadow", "predicts_with")},
         shadow_version=summary.get("shadow", {}).get("model_version", "none"),
         duration_s=round(ctx.log.elapsed(), 1),
     )
@@ -149,6 +149,9 @@ def write_scores(ctx: RunContext, table, feats, features_version: int | None, sc
     model, mv, service, month = scorer.model, scorer.version, ctx.service, ctx.period
     # A version trained with intervals points at its calibrated quantile models; an older one scores without.
     interval = load_interval(mv.tags["interval_uri"]) if mv.tags.get("interval_uri") else None
+    predicts_with = "boosters (score.compiled_trees is off)"
+    if ctx.settings.score.compiled_trees:
+        predicts_with = compiled.attach(mv, model, interval)
     ctx.log.info(
         "model",
         name=mv.name,
@@ -158,6 +161,7 @@ def write_scores(ctx: RunContext, table, feats, features_version: int | None, sc
         table=table.relpath,
         features_version=features_version,
         interval=f"{interval.coverage:.0%}" if interval else "none",
+        predicts_with=predicts_with,
     )
     run_id = lakehouse.new_run_id("score")
     predictions = predict_minutes(feats, model, KEEP, interval=interval)
@@ -186,6 +190,7 @@ def write_scores(ctx: RunContext, table, feats, features_version: int | None, sc
         "mae_in_training_range": round(metrics["in_range_mae"], 4),
         "interval_coverage_in_training_range": _rounded(metrics["in_range_coverage"]),
         "interval_width_in_training_range": _rounded(metrics["in_range_interval_width"]),
+        "predicts_with": predicts_with,
         "run_id": run_id,
     }
 

@@ -3,7 +3,11 @@ month, its interval model, its facts as tags, and the gate that moves the champi
 
 from __future__ import annotations
 
-from jobs.models import registry
+import tempfile
+import time
+from pathlib import Path
+
+from jobs.models import compiled, registry
 from jobs.models.inputs import MODEL_FEATURES
 from jobs.models.prediction import predict_minutes
 from jobs.models.profile import PROFILE_COLUMNS, build_profile
@@ -33,11 +37,10 @@ def register_best(ctx: RunContext, bake: Bakeoff, champion, champion_mv):
     registered = (
         refit(ctx.spark, mlflow, settings, best, bake.valid, bake.workers, champion, ctx.log) if cfg.refit else best
     )
-    interval_tags = {}
+    interval = None
     if cfg.intervals.enabled:  # calibrated on the validation month, which the quantile models never saw
-        interval_tags = train_interval(
-            mlflow, bake.train, bake.valid, settings, bake.workers, data.valid_month, ctx.log
-        ).tags
+        interval = train_interval(mlflow, bake.train, bake.valid, settings, bake.workers, data.valid_month, ctx.log)
+    interval_tags = interval.tags if interval is not None else {}
     tags = {
         "flavor": best.model.flavor,
         "candidate": registered.name,
@@ -52,8 +55,32 @@ def register_best(ctx: RunContext, bake: Bakeoff, champion, champion_mv):
         "reference_profile": profile_uri,
         **registry.validation_tags(best.metrics),
         **interval_tags,
+        **(compile_trees(mlflow, registered.model, interval, ctx.log) if cfg.compile_trees else {}),
     }
     decision = gate(
         mlflow, settings, ctx.service, registered, tags, (champion, champion_mv), bake.valid, data.valid_month
     )
     return best, decision, interval_tags
+
+
+def compile_trees(mlflow, model, interval, log) -> dict[str, str]:
+    """The version's LightGBM boosters compiled (:mod:`jobs.models.compiled`) and logged under ``compiled/`` in the
+    active run; the tags that point scoring at them."""
+    started = time.monotonic()
+    libraries = compiled.compile_version(model, interval)
+    if not libraries:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled.write_version(Path(tmp), libraries)
+        mlflow.log_artifacts(tmp, compiled.ARTIFACT_DIR)
+    log.info(
+        "compiled trees",
+        boosters=len(libraries),
+        platform=compiled.host_platform(),
+        mib=round(sum(len(b) for b in libraries.values()) / 2**20, 1),
+        compile_s=round(time.monotonic() - started, 1),
+    )
+    return {
+        "compiled_trees": f"{mlflow.get_artifact_uri()}/{compiled.ARTIFACT_DIR}",
+        "compiled_platform": compiled.host_platform(),
+    }
