@@ -53,27 +53,21 @@ def compile_lightgbm(model_text: str) -> bytes:
         return library.read_bytes()
 
 
-_WORKDIR: list[str] = []
-
-
 def predictor(model_text: str, platform: str, library: bytes, threads: int = 1):
     """A function float32 matrix -> predictions from the compiled library on ``threads`` threads, or None where this
     host's platform is not the library's (the caller predicts with the booster)."""
     if platform != host_platform():
         return None
-    import hashlib
-
     import lleaves
 
-    if not _WORKDIR:  # one folder per process: lleaves loads a library from a file
-        _WORKDIR.append(tempfile.mkdtemp(prefix="taxi-compiled-"))
-    stem = Path(_WORKDIR[0], hashlib.blake2b(library, digest_size=12).hexdigest())
-    model_file, library_file = stem.with_suffix(".txt"), stem.with_suffix(".so")
-    if not library_file.exists():
+    # lleaves reads the model's header from its text file and the machine code from the library file; both are
+    # in memory once compile() returns, so the files go with the folder.
+    with tempfile.TemporaryDirectory(prefix="taxi-compiled-") as tmp:
+        model_file, library_file = Path(tmp, "model.txt"), Path(tmp, "model.so")
         model_file.write_text(model_text)
         library_file.write_bytes(library)
-    model = lleaves.Model(model_file=str(model_file))
-    model.compile(cache=str(library_file))  # an existing cache file is loaded, not compiled
+        model = lleaves.Model(model_file=str(model_file))
+        model.compile(cache=str(library_file))  # an existing cache file is loaded, not compiled
     return lambda matrix: model.predict(matrix, n_jobs=threads)
 
 
