@@ -1,5 +1,6 @@
 """Compiled trees (lleaves): a version's LightGBM boosters compiled at registration predict what the boosters predict,
-nulls included; a library of another platform is never loaded; scoring finds them through the registry."""
+nulls included, on Spark's workers too; a library of another platform is never loaded; scoring finds them through
+the registry."""
 
 from __future__ import annotations
 
@@ -112,3 +113,40 @@ def _register_and_attach(mlflow, boosters):
     said = compiled.attach(Version(**{**tags, "compiled_platform": "riscv64/generic/lleaves-1.3.0"}), other, None)
     assert "compiled for riscv64/generic" in said and all(m.compiled is None for m in other.members)
     assert compiled.attach(Version(), other, None).startswith("boosters (no compiled trees")
+
+
+@pytest.mark.spark
+def test_spark_workers_predict_with_the_compiled_trees_what_the_boosters_predict(spark, boosters):
+    """The scoring path itself: the libraries travel to Spark's Python workers with the model, and the minutes and
+    interval bounds they predict over Arrow batches equal the boosters' (nulls included)."""
+    import pandas as pd
+
+    from jobs.models.prediction import predict_minutes
+
+    x, _ = _rows(3000, 5)
+    pdf = pd.DataFrame(x.astype("float64"), columns=MODEL_FEATURES)
+    pdf.insert(0, "trip_id", range(len(pdf)))
+    df = spark.createDataFrame(pdf).repartition(3)
+
+    def scored(model, interval):
+        out = predict_minutes(df, model, ["trip_id"], interval=interval).toPandas()
+        return out.sort_values("trip_id").set_index("trip_id")
+
+    def compiled_copy(m: NativeModel) -> NativeModel:
+        if m.flavor != "lightgbm":
+            return NativeModel(m.flavor, m.payload)
+        return NativeModel(m.flavor, m.payload, (compiled.host_platform(), compiled.compile_lightgbm(m.payload)))
+
+    members = [boosters["xgb"], boosters["lgb"]]
+    plain = scored(NativeModel.ensemble(members), IntervalModel(boosters["lower"], boosters["upper"], 0.05, 0.8, {}))
+    with_libraries = scored(
+        NativeModel.ensemble([compiled_copy(m) for m in members]),
+        IntervalModel(compiled_copy(boosters["lower"]), compiled_copy(boosters["upper"]), 0.05, 0.8, {}),
+    )
+    assert len(plain) == len(x) and list(with_libraries.columns) == list(plain.columns)
+    pd.testing.assert_frame_equal(with_libraries, plain, check_exact=False, rtol=0, atol=1e-6)
+    # The workers did predict from the libraries: a member given another model's library predicts that model.
+    swapped = compiled_copy(boosters["upper"]).compiled
+    wrong = scored(NativeModel("lightgbm", boosters["lgb"].payload, swapped), None)
+    right = scored(boosters["upper"], None)
+    np.testing.assert_allclose(wrong["predicted_duration_min"], right["predicted_duration_min"], rtol=0, atol=1e-6)
