@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -41,16 +42,26 @@ def _target_cpu() -> str:
     return "x86-64-v2" if llvm.get_process_triple().startswith("x86_64") else llvm.get_host_cpu_name()
 
 
-def compile_lightgbm(model_text: str) -> bytes:
-    """The native library of a LightGBM model (its text format), for :func:`host_platform`."""
+@contextmanager
+def _lleaves_model(model_text: str, library: bytes | None = None):
+    """(lleaves model, its library file) in a temporary folder: lleaves reads the model's header from a text file
+    and loads or writes the machine code through a file; both are in memory once ``compile()`` returns."""
     import lleaves
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model_file, library = Path(tmp, "model.txt"), Path(tmp, "model.so")
+    with tempfile.TemporaryDirectory(prefix="taxi-compiled-") as tmp:
+        model_file, library_file = Path(tmp, "model.txt"), Path(tmp, "model.so")
         model_file.write_text(model_text)
+        if library is not None:
+            library_file.write_bytes(library)
+        yield lleaves.Model(model_file=str(model_file)), library_file
+
+
+def compile_lightgbm(model_text: str) -> bytes:
+    """The native library of a LightGBM model (its text format), for :func:`host_platform`."""
+    with _lleaves_model(model_text) as (model, library_file):
         # finline=False: compiles a 600-tree model in about a minute instead of several, for a few % of speed.
-        lleaves.Model(model_file=str(model_file)).compile(cache=str(library), finline=False, target_cpu=_target_cpu())
-        return library.read_bytes()
+        model.compile(cache=str(library_file), finline=False, target_cpu=_target_cpu())
+        return library_file.read_bytes()
 
 
 def predictor(model_text: str, platform: str, library: bytes, threads: int = 1):
@@ -58,15 +69,7 @@ def predictor(model_text: str, platform: str, library: bytes, threads: int = 1):
     host's platform is not the library's (the caller predicts with the booster)."""
     if platform != host_platform():
         return None
-    import lleaves
-
-    # lleaves reads the model's header from its text file and the machine code from the library file; both are
-    # in memory once compile() returns, so the files go with the folder.
-    with tempfile.TemporaryDirectory(prefix="taxi-compiled-") as tmp:
-        model_file, library_file = Path(tmp, "model.txt"), Path(tmp, "model.so")
-        model_file.write_text(model_text)
-        library_file.write_bytes(library)
-        model = lleaves.Model(model_file=str(model_file))
+    with _lleaves_model(model_text, library) as (model, library_file):
         model.compile(cache=str(library_file))  # an existing cache file is loaded, not compiled
     return lambda matrix: model.predict(matrix, n_jobs=threads)
 
