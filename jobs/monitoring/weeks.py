@@ -39,8 +39,8 @@ def picked_up_in(week: str):
 
 
 def scored_trips(spark, settings: Settings, service: str, months: list[str], table=lakehouse.PREDICTIONS, where=None):
-    """The months' trips scored into ``table`` (those matching ``where``, a condition on its columns) joined with
-    their features; only those months' partitions are read."""
+    """The months' trips scored into ``table`` (those matching ``where``, a condition on ``pickup_datetime``, which
+    both tables carry) joined with their features; only those months' partitions are read."""
     from pyspark.sql import functions as F
 
     if not lakehouse.exists(settings, table):
@@ -50,9 +50,12 @@ def scored_trips(spark, settings: Settings, service: str, months: list[str], tab
     )
     # Intervals: null for trips scored before the model had them (an older table lacks the columns altogether).
     bounds = [F.col(c) if c in scored.columns else F.lit(None).cast("double").alias(c) for c in (P10, P90)]
-    preds = (scored if where is None else scored.where(where)).select("trip_id", PREDICTION, *bounds, "model_version")
+    preds = scored.select("trip_id", "pickup_datetime", PREDICTION, *bounds, "model_version")
     feats = lakehouse.read(spark, settings, lakehouse.FEATURES).where(F.col("service") == service)
-    return feats.where(F.col("month").isin(months)).join(preds, "trip_id")
+    feats = feats.where(F.col("month").isin(months))
+    if where is not None:  # on both sides: the join then shuffles the chosen trips only, not their whole months
+        preds, feats = preds.where(where), feats.where(where)
+    return feats.join(preds.drop("pickup_datetime"), "trip_id")
 
 
 def earlier_verdicts(spark, settings: Settings, service: str, week: str) -> list[str]:
