@@ -28,6 +28,7 @@ from typing import Any
 
 from jobs.models.binning import CATEGORICAL, CONTINUOUS
 from jobs.models.inputs import PREDICTION, TARGET
+from jobs.models.interval import P10, P90
 from jobs.models.metrics import coverage_exprs, metric_exprs
 from jobs.monitoring import drift_metrics, service_page
 from jobs.monitoring.weeks import KEYS, picked_up_in, scored_trips, week_key, with_windows_and_slices
@@ -64,6 +65,10 @@ PROFILE_COLUMNS = (
 # numbers a mean and quantiles.
 NUMERIC = (*CONTINUOUS, PREDICTION, TARGET)
 PERCENTILE_ACCURACY = 1_000  # percentile_approx: rank error at most 1/1,000 of the rows
+# The scored trips' columns the tables read besides the monitored features and the slices (hour and distance bands
+# are made from pickup_hour and trip_distance).
+READ = ("month", "pickup_datetime", "pickup_hour", "trip_distance", "model_version", "_champion", "in_training_range")
+READ += (PREDICTION, P10, P90, TARGET)
 
 
 def _grouped(scored, slices: list[str], windows: dict[str, Any]):
@@ -134,7 +139,9 @@ def scored(spark, settings: Settings, service: str, months: list[str], where=Non
     union = frames[0]
     for frame in frames[1:]:
         union = union.unionByName(frame)
-    return union
+    # Only what the tables read: the trips are cached, and the features' bookkeeping and names would double them.
+    wanted = {*READ, *CONTINUOUS, *CATEGORICAL, *settings.monitor.slices}
+    return union.select(*[c for c in union.columns if c in wanted])
 
 
 def write(settings: Settings, table, rows, service: str, windows: dict[str, list[str]], run_id: str) -> int:
