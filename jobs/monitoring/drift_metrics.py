@@ -26,7 +26,7 @@ import itertools
 from typing import Any
 
 from jobs.models import registry
-from jobs.models.binning import MISSING, bin_columns
+from jobs.models.binning import MISSING, bin_columns, bin_pairs
 from jobs.models.inputs import PREDICTION
 from jobs.models.metrics import with_slices
 from jobs.models.profile import profile_parts
@@ -85,19 +85,16 @@ def binned(frame, specs, slices: list[str], windows: dict[str, Any]) -> dict[tup
     # (a few thousand rows, not trips x slices x columns), and only those counts are multiplied into the slices.
     with_bins, columns = bin_columns(frame, specs)
     values = [F.col(d).cast("string").alias(d) for d in slices]
-    # Each feature by its index: the exploded rows are hashed on a number, not on the feature's name.
-    pairs = F.array(*[F.struct(F.lit(i).alias("f"), F.col(c).alias("b")) for i, c in enumerate(columns)])
     combos = (
         with_windows(with_bins, slices, windows)
-        .select("window_type", "window", *values, F.explode(pairs).alias("p"))
+        .select("window_type", "window", *values, F.explode(bin_pairs(specs, columns)).alias("p"))
         .groupBy("window_type", "window", *slices, F.col("p.f").alias("f"), F.col("p.b").alias("b"))
         .count()
     )
     rows = with_slices(combos, slices).groupBy(*KEYS[1:5], "f", "b").agg(F.sum("count").alias("count")).collect()
     out: dict[tuple, dict[int, int]] = {}
     for r in rows:
-        key = (r.window_type, r.window, r.slice_key, r.slice_value, specs[r.f].feature)
-        out.setdefault(key, {})[int(r.b)] = int(r["count"])
+        out.setdefault((r.window_type, r.window, r.slice_key, r.slice_value, r.f), {})[int(r.b)] = int(r["count"])
     return out
 
 
